@@ -1,0 +1,45 @@
+//! HTTP context: translates proxy-wasm callbacks into [`Stream`] calls.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+use super::entropy::Pool;
+use super::wasm_host::WasmHost;
+use crate::filter::{Plugin, Stream};
+
+thread_local! {
+    // One VM per worker thread, so one pool per worker.
+    static ENTROPY: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
+pub struct HttpStream {
+    plugin: Rc<Plugin>,
+    stream: Stream,
+}
+
+impl HttpStream {
+    pub fn new(plugin: Rc<Plugin>) -> Self {
+        HttpStream { plugin, stream: Stream::default() }
+    }
+}
+
+impl Context for HttpStream {}
+
+impl HttpContext for HttpStream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        ENTROPY.with_borrow_mut(|entropy| self.stream.on_request_headers(&self.plugin, &mut WasmHost, entropy));
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.stream.on_response_headers(&self.plugin, &mut WasmHost);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.stream.on_log(&self.plugin, &mut WasmHost);
+    }
+}

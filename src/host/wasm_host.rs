@@ -1,0 +1,58 @@
+//! [`Host`] on real proxy-wasm host calls.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{LogLevel as WasmLevel, MapType};
+
+use super::abi;
+use crate::config::LogLevel;
+use crate::filter::{Host, HostError, MetricId};
+
+/// Host calls for the current stream (proxy-wasm sets the effective context before each callback).
+pub struct WasmHost;
+
+impl Host for WasmHost {
+    fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
+    }
+
+    fn set_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value))
+            .map_err(|_| HostError("cannot set request header"))
+    }
+
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
+    }
+
+    fn set_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value))
+            .map_err(|_| HostError("cannot set response header"))
+    }
+
+    fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
+        hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
+
+    fn set_filter_state(&mut self, key: &str, value: &[u8]) -> Result<(), HostError> {
+        abi::set_property(key, value).map_err(|_| HostError("cannot set filter state"))
+    }
+
+    fn increment(&mut self, metric: MetricId, by: i64) {
+        let _ = hostcalls::increment_metric(metric, by);
+    }
+
+    fn log(&mut self, level: LogLevel, message: &str) {
+        abi::log(wasm_level(level), message);
+    }
+}
+
+pub fn wasm_level(level: LogLevel) -> WasmLevel {
+    match level {
+        LogLevel::Trace => WasmLevel::Trace,
+        LogLevel::Debug => WasmLevel::Debug,
+        LogLevel::Info => WasmLevel::Info,
+        LogLevel::Warn => WasmLevel::Warn,
+        LogLevel::Error => WasmLevel::Error,
+        LogLevel::Critical => WasmLevel::Critical,
+    }
+}
