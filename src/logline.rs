@@ -30,7 +30,11 @@ impl RequestLog<'_> {
         });
         let mut out = String::with_capacity(384);
         out.push('{');
-        field(&mut out, "correlation_id", Some(self.correlation_id.as_bytes()));
+        field(
+            &mut out,
+            "correlation_id",
+            Some(self.correlation_id.as_bytes()),
+        );
         field(&mut out, "trace_id", self.trace_id.map(str::as_bytes));
         field(&mut out, "span_id", self.span_id.map(str::as_bytes));
         field(&mut out, "event_id", self.event_id.map(str::as_bytes));
@@ -40,10 +44,18 @@ impl RequestLog<'_> {
         field(&mut out, "path", path);
         field(&mut out, "authority", self.authority);
         raw(&mut out, "status", self.status.map(|s| s.to_string()));
-        raw(&mut out, "duration_ms", self.duration_ms.map(|d| format!("{:.3}", d.max(0.0))));
+        raw(
+            &mut out,
+            "duration_ms",
+            self.duration_ms.map(|d| format!("{:.3}", d.max(0.0))),
+        );
         field(&mut out, "upstream_cluster", self.upstream_cluster);
         let flags = self.response_flags.map(response_flags);
-        field(&mut out, "response_flags", flags.as_deref().map(str::as_bytes));
+        field(
+            &mut out,
+            "response_flags",
+            flags.as_deref().map(str::as_bytes),
+        );
         field(&mut out, "circuit", self.circuit.map(str::as_bytes));
         field(&mut out, "dedup", Some(self.dedup.as_bytes()));
         out.pop(); // the last comma
@@ -94,10 +106,16 @@ pub fn push_json_string(out: &mut String, bytes: &[u8]) {
 /// Envoy's `CoreResponseFlag`), joined as in Envoy's `%RESPONSE_FLAGS%`; `-` when none.
 pub fn response_flags(bits: u64) -> String {
     const NAMES: [&str; 30] = [
-        "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC", "URX", "SI",
-        "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR", "UDO",
+        "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE",
+        "DC", "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF",
+        "DO", "DR", "UDO",
     ];
-    let names: Vec<&str> = NAMES.iter().enumerate().filter(|(bit, _)| bits & (1 << bit) != 0).map(|(_, n)| *n).collect();
+    let names: Vec<&str> = NAMES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bits & (1 << bit) != 0)
+        .map(|(_, n)| *n)
+        .collect();
     if names.is_empty() {
         "-".to_string()
     } else {
@@ -139,8 +157,21 @@ mod tests {
         };
         let v = parse(&log.to_json(false));
         let keys = [
-            "correlation_id", "trace_id", "span_id", "event_id", "rule", "route_name", "method", "path", "authority",
-            "status", "duration_ms", "upstream_cluster", "response_flags", "circuit", "dedup",
+            "correlation_id",
+            "trace_id",
+            "span_id",
+            "event_id",
+            "rule",
+            "route_name",
+            "method",
+            "path",
+            "authority",
+            "status",
+            "duration_ms",
+            "upstream_cluster",
+            "response_flags",
+            "circuit",
+            "dedup",
         ];
         assert_eq!(v.as_object().map(|o| o.len()), Some(keys.len()));
         for key in keys {
@@ -157,9 +188,19 @@ mod tests {
     #[test]
     fn hostile_values_stay_valid_json() {
         let nasty: &[u8] = b"a\"b\\c\r\nd\te\x00f\x1b\x7f\xe9\xff\"}";
-        let log = RequestLog { correlation_id: "x", path: Some(nasty), authority: Some(nasty), method: Some(nasty), dedup: "none", ..RequestLog::default() };
+        let log = RequestLog {
+            correlation_id: "x",
+            path: Some(nasty),
+            authority: Some(nasty),
+            method: Some(nasty),
+            dedup: "none",
+            ..RequestLog::default()
+        };
         let v = parse(&log.to_json(true));
-        assert_eq!(v["authority"], "a\"b\\c\r\nd\te\u{0}f\u{1b}\u{7f}\u{fffd}\u{fffd}\"}");
+        assert_eq!(
+            v["authority"],
+            "a\"b\\c\r\nd\te\u{0}f\u{1b}\u{7f}\u{fffd}\u{fffd}\"}"
+        );
         assert!(!log.to_json(true).contains('\n'));
     }
 

@@ -36,14 +36,22 @@ pub fn kind(value: &Value) -> &'static str {
 }
 
 /// The object at `path`, after reporting every key not in `allowed`.
-pub fn object<'v>(value: &'v Value, path: &str, allowed: &[&str], errors: &mut Errors) -> Option<&'v Map<String, Value>> {
+pub fn object<'v>(
+    value: &'v Value,
+    path: &str,
+    allowed: &[&str],
+    errors: &mut Errors,
+) -> Option<&'v Map<String, Value>> {
     let Value::Object(map) = value else {
         errors.add(path, format!("must be an object, got {}", kind(value)));
         return None;
     };
     for key in map.keys() {
         if !allowed.contains(&key.as_str()) {
-            errors.add(&join(path, key), format!("unknown key (expected one of: {})", allowed.join(", ")));
+            errors.add(
+                &join(path, key),
+                format!("unknown key (expected one of: {})", allowed.join(", ")),
+            );
         }
     }
     Some(map)
@@ -71,7 +79,12 @@ impl<'v> Fields<'v, '_> {
         self.map.get(key)
     }
 
-    fn typed<T>(&mut self, key: &str, expected: &str, read: impl FnOnce(&'v Value) -> Option<T>) -> Option<T> {
+    fn typed<T>(
+        &mut self,
+        key: &str,
+        expected: &str,
+        read: impl FnOnce(&'v Value) -> Option<T>,
+    ) -> Option<T> {
         let value = self.map.get(key)?;
         let result = read(value);
         if result.is_none() {
@@ -94,7 +107,10 @@ impl<'v> Fields<'v, '_> {
         match value.as_u64() {
             Some(n) if (lo..=hi).contains(&n) => Some(n),
             Some(_) | None if value.is_number() => {
-                self.error(key, format!("must be an integer from {lo} to {hi}, got {value}"));
+                self.error(
+                    key,
+                    format!("must be an integer from {lo} to {hi}, got {value}"),
+                );
                 None
             }
             _ => {
@@ -121,7 +137,10 @@ impl<'v> Fields<'v, '_> {
         if choices.contains(&text) {
             Some(text)
         } else {
-            self.error(key, format!("must be one of {}, got {text:?}", quoted(choices)));
+            self.error(
+                key,
+                format!("must be one of {}, got {text:?}", quoted(choices)),
+            );
             None
         }
     }
@@ -155,10 +174,15 @@ impl<'v> Fields<'v, '_> {
             let parsed = match item {
                 Value::Number(n) => match n.as_u64().filter(|c| (100..=599).contains(c)) {
                     Some(code) => Ok((code as u32, code as u32)),
-                    None => Err(format!("invalid status {n} (expected a code from 100 to 599)")),
+                    None => Err(format!(
+                        "invalid status {n} (expected a code from 100 to 599)"
+                    )),
                 },
                 Value::String(text) => status::parse_item(text),
-                other => Err(format!("must be a status code, range or class, got {}", kind(other))),
+                other => Err(format!(
+                    "must be a status code, range or class, got {}",
+                    kind(other)
+                )),
             };
             match parsed {
                 Ok((lo, hi)) => set.insert_range(lo, hi),
@@ -173,7 +197,12 @@ impl<'v> Fields<'v, '_> {
     }
 
     /// An array of strings, each checked by `valid` (which returns the problem, if any).
-    pub fn str_list(&mut self, key: &str, non_empty: bool, valid: impl Fn(&str) -> Option<String>) -> Option<Vec<String>> {
+    pub fn str_list(
+        &mut self,
+        key: &str,
+        non_empty: bool,
+        valid: impl Fn(&str) -> Option<String>,
+    ) -> Option<Vec<String>> {
         let items = self.typed(key, "an array of strings", Value::as_array)?;
         if non_empty && items.is_empty() {
             self.error(key, "must not be empty");
@@ -193,7 +222,8 @@ impl<'v> Fields<'v, '_> {
                 },
                 None => {
                     ok = false;
-                    self.errors.add(&path, format!("must be a string, got {}", kind(item)));
+                    self.errors
+                        .add(&path, format!("must be a string, got {}", kind(item)));
                 }
             }
         }
@@ -202,13 +232,19 @@ impl<'v> Fields<'v, '_> {
 }
 
 pub fn quoted(choices: &[&str]) -> String {
-    choices.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ")
+    choices
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// RFC 9110 `token` characters: what header names and methods are made of.
 pub fn is_token(text: &str) -> bool {
     !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The problem with a header name given in the configuration, if any.

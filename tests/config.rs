@@ -1,0 +1,75 @@
+//! SPEC "Configuration" in a real Envoy: a wrong configuration is refused with every error and
+//! its JSON path in one log line; the SPEC's own example is accepted.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod support;
+
+use support::envoy::{Envoy, Options};
+use support::http::{send, Request};
+use support::upstream::Upstream;
+
+#[test]
+fn invalid_configuration_is_refused_with_all_errors_in_one_line() {
+    let config = r#"{"trace": {"sample_ratio": 2},
+                     "routes": [{"name": "a", "circuit_breaker": {"window": {"size": 0}}}, {"name": "a"}],
+                     "dedup": {"ttl": "10x"}}"#;
+    let log = match Envoy::try_start(Options::new(config, 1)) {
+        Ok(envoy) => panic!("Envoy started with an invalid configuration:\n{}", envoy.log()),
+        Err(log) => log,
+    };
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("meshguard: invalid configuration:")).collect();
+    assert!(!lines.is_empty(), "no configuration error logged:\n{log}");
+    let line = lines[0];
+    let errors = line.split_once("meshguard: invalid configuration: ").unwrap().1;
+    assert_eq!(
+        errors,
+        "trace.sample_ratio: must be from 0 to 1, got 2; \
+         dedup.ttl: invalid duration \"10x\" (expected e.g. \"250ms\", \"30s\", \"10m\", \"1h\"); \
+         routes[0].circuit_breaker.window.size: must be > 0; \
+         routes[1].name: duplicate rule name \"a\" (also routes[0])"
+    );
+    // Every VM that saw the configuration said the same thing, each in one line.
+    assert!(lines.iter().all(|l| l.ends_with(errors)));
+}
+
+#[test]
+fn malformed_json_is_refused() {
+    let log = Envoy::try_start(Options::new(r#"{"log": {"requests": tru"#, 1)).err().expect("refused");
+    assert!(log.contains("meshguard: invalid configuration: $: not valid JSON: "), "{log}");
+}
+
+#[test]
+fn spec_example_configuration_is_accepted() {
+    let upstream = Upstream::start();
+    let config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/spec-example.json")).unwrap();
+    let envoy = Envoy::start(&config, upstream.port);
+    let response = send(envoy.port, &Request::get("/healthz")).unwrap();
+    assert_eq!(response.status, 200);
+    let id = response.header("x-correlation-id").unwrap();
+    assert_eq!(envoy.access_log_for(&id)["rule"], "health");
+}
+
+#[test]
+fn shipped_demo_configuration_is_accepted() {
+    // The plugin configuration inside envoy/envoy.yaml, as the run command starts it.
+    let upstream = Upstream::start();
+    let bootstrap = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/envoy/envoy.yaml")).unwrap();
+    let begin = bootstrap.find("# test: config-begin").unwrap();
+    let end = bootstrap.find("# test: config-end").unwrap();
+    let block = &bootstrap[begin..end];
+    let json: String = block.lines().skip(2).map(str::trim).collect::<Vec<_>>().join("\n");
+    assert!(meshguard::config::parse(json.as_bytes()).is_ok(), "demo config invalid: {json}");
+    let envoy = Envoy::start(&json, upstream.port);
+    let response = send(envoy.port, &Request::post("/charge")).unwrap();
+    let id = response.header("x-correlation-id").unwrap();
+    assert_eq!(envoy.access_log_for(&id)["rule"], "payments");
+}
+
+#[test]
+fn no_configuration_means_defaults() {
+    let upstream = Upstream::start();
+    let envoy = Envoy::start("", upstream.port);
+    let response = send(envoy.port, &Request::get("/")).unwrap();
+    assert_eq!(response.status, 200);
+    assert!(response.header("x-correlation-id").is_some());
+}
