@@ -16,7 +16,8 @@ trap cleanup EXIT INT TERM
 
 target/release/examples/demo_upstream 127.0.0.1:8081 &
 pids+=($!)
-envoy -c envoy/envoy.yaml --concurrency 2 --use-dynamic-base-id --log-level warn --component-log-level wasm:info &
+envoy -c envoy/envoy.yaml --concurrency 2 --use-dynamic-base-id --file-flush-interval-msec 100 \
+  --log-level warn --component-log-level wasm:info &
 pids+=($!)
 
 for _ in $(seq 1 100); do

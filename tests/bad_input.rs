@@ -24,10 +24,12 @@ fn non_utf8_header_byte_is_followed_by_a_normal_request_on_the_same_worker() {
     let envoy = Envoy::start(ALL_READ, upstream.port);
     // One keep-alive connection stays on one worker thread, so both requests meet the same VM.
     let mut conn = Conn::open(envoy.port).unwrap();
-    let bad = Request::get("/p\u{e9}")
+    // Envoy's codec itself refuses such bytes in the path and authority (400); in other header
+    // values they are legal and reach the filter.
+    let bad = Request::get("/p")
         .header("x-correlation-id", b"id-\xe9")
         .header("x-request-id", b"\xe9\xff")
-        .header("host", b"h.ex\xe9mple")
+        .header("host", "h.example")
         .header("x-other", b"\xe9");
     let response = conn.send(&bad).unwrap();
     assert_eq!(response.status, 200, "{}", response.text());
@@ -51,8 +53,9 @@ fn very_long_values_and_many_headers_pass() {
     let envoy = Envoy::start(ALL_READ, upstream.port);
     let mut conn = Conn::open(envoy.port).unwrap();
     // Envoy's default limit is 60 KiB of headers; stay just under it.
-    let long = "x".repeat(50_000);
-    let response = conn.send(&Request::get("/p").header("x-correlation-id", &long).header("host", &long)).unwrap();
+    let long_id = "x".repeat(40_000);
+    let long_host = format!("{}.example", "h".repeat(15_000));
+    let response = conn.send(&Request::get("/p").header("x-correlation-id", &long_id).header("host", &long_host)).unwrap();
     assert_eq!(response.status, 200);
     assert_eq!(response.header("x-correlation-id").unwrap().len(), 36);
     let mut many = Request::get("/p");

@@ -56,7 +56,7 @@ fn invalid_id_is_replaced_and_never_logged_raw() {
     let upstream = Upstream::start();
     let envoy = Envoy::start(r#"{"log": {"requests": true}}"#, upstream.port);
     let too_long = "a".repeat(129);
-    let hostile: [&[u8]; 4] = [b"has space", b"caf\xe9", too_long.as_bytes(), b"x\"}{\"injected\":1"];
+    let hostile: [&[u8]; 4] = [b"has space zq-evil-marker", b"caf\xe9", too_long.as_bytes(), b"tab\tzq-evil-marker"];
     for value in hostile {
         let response = send(envoy.port, &Request::get("/").header("x-correlation-id", value)).unwrap();
         assert_eq!(response.status, 200);
@@ -67,7 +67,22 @@ fn invalid_id_is_replaced_and_never_logged_raw() {
     }
     envoy.wait_metric(r#"meshguard_correlation_total{outcome="replaced_invalid"}"#, 4.0);
     let log = envoy.log();
-    assert!(!log.contains("injected") && !log.contains("has space"), "raw invalid id reached the log");
+    let leaks: Vec<&str> = log.lines().filter(|l| l.contains("zq-evil-marker")).collect();
+    assert!(leaks.is_empty(), "raw invalid id reached the log: {leaks:?}");
+}
+
+#[test]
+fn quotes_in_a_valid_id_are_escaped_in_the_log_line() {
+    // Visible ASCII is a valid id, quotes and braces included: kept, and the line stays JSON.
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(r#"{"log": {"requests": true}}"#, upstream.port);
+    let id = r#"x"}{"injected":1,"\"#;
+    let response = send(envoy.port, &Request::get("/").header("x-correlation-id", id)).unwrap();
+    assert_eq!(response.header("x-correlation-id").as_deref(), Some(id));
+    let line = envoy.wait_for("request line", 10, |e| e.meshguard_lines().into_iter().find(|l| l.contains("injected")));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["correlation_id"], id);
+    assert!(v.get("injected").is_none());
 }
 
 #[test]
@@ -136,7 +151,7 @@ fn request_log_line_has_every_field_and_hides_the_query() {
     let envoy = Envoy::start(config, upstream.port);
     let response = send(
         envoy.port,
-        &Request::post("/charge/status/201?card=4111").header("x-correlation-id", "pay-1").header("host", "payments.prod:8080"),
+        &Request::post("/charge?status=201&card=4111").header("x-correlation-id", "pay-1").header("host", "payments.prod:8080"),
     )
     .unwrap();
     assert_eq!(response.status, 201);
@@ -149,7 +164,7 @@ fn request_log_line_has_every_field_and_hides_the_query() {
     assert_eq!(v["rule"], "payments");
     assert_eq!(v["route_name"], "payments-v1");
     assert_eq!(v["method"], "POST");
-    assert_eq!(v["path"], "/charge/status/201");
+    assert_eq!(v["path"], "/charge");
     assert_eq!(v["authority"], "payments.prod:8080");
     assert_eq!(v["status"], 201);
     assert_eq!(v["upstream_cluster"], "demo_upstream");

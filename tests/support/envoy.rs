@@ -131,6 +131,8 @@ impl Envoy {
             .arg("--admin-address-path")
             .arg(&admin_file)
             .args(["--log-format", "[%Y-%m-%d %T.%e][%t][%l][%n] %v"])
+            // Access logs are buffered and flushed every 10 s by default; tests read them at once.
+            .args(["--file-flush-interval-msec", "20"])
             .current_dir(repo())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
