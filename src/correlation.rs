@@ -70,11 +70,7 @@ mod tests {
     use crate::ids::TestEntropy;
 
     fn config(generator: Generator, max_length: usize) -> Correlation {
-        Correlation {
-            generator,
-            max_length,
-            ..Correlation::default()
-        }
+        Correlation { generator, max_length, ..Correlation::default() }
     }
 
     #[test]
@@ -88,42 +84,22 @@ mod tests {
 
     #[test]
     fn missing_id_is_generated() {
-        assert_eq!(
-            check(None, &Correlation::default()),
-            Err(Outcome::Generated)
-        );
+        assert_eq!(check(None, &Correlation::default()), Err(Outcome::Generated));
     }
 
     #[test]
     fn invalid_incoming_id_is_replaced() {
         let c = config(Generator::Uuid4, 8);
-        let cases: &[&[u8]] = &[
-            b"",
-            b"has space",
-            b"tab\there",
-            b"nl\nx",
-            b"\xe9t\xe9",
-            b"\x7f",
-            b"123456789",
-            b"\x00",
-        ];
+        let cases: &[&[u8]] =
+            &[b"", b"has space", b"tab\there", b"nl\nx", b"\xe9t\xe9", b"\x7f", b"123456789", b"\x00"];
         for value in cases {
-            assert_eq!(
-                check(Some(value), &c),
-                Err(Outcome::ReplacedInvalid),
-                "{value:?}"
-            );
+            assert_eq!(check(Some(value), &c), Err(Outcome::ReplacedInvalid), "{value:?}");
         }
     }
 
     #[test]
     fn uuid4_generator_makes_uuids() {
-        let id = generate(
-            &config(Generator::Uuid4, 128),
-            Some("t"),
-            || Some(b"r".to_vec()),
-            &mut TestEntropy(3),
-        );
+        let id = generate(&config(Generator::Uuid4, 128), Some("t"), || Some(b"r".to_vec()), &mut TestEntropy(3));
         assert_eq!(id.len(), 36);
         assert_eq!(id.as_bytes()[14], b'4');
     }
@@ -132,10 +108,7 @@ mod tests {
     fn trace_id_generator_uses_the_trace_id() {
         let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
         let c = config(Generator::TraceId, 128);
-        assert_eq!(
-            generate(&c, Some(trace), || None, &mut TestEntropy(3)),
-            trace
-        );
+        assert_eq!(generate(&c, Some(trace), || None, &mut TestEntropy(3)), trace);
         assert_eq!(generate(&c, None, || None, &mut TestEntropy(3)).len(), 36);
     }
 
@@ -143,15 +116,7 @@ mod tests {
     fn request_id_generator_uses_x_request_id_when_valid() {
         let c = config(Generator::RequestId, 64);
         let rid = "6b7c2a32-1b1f-4a44-9d1e-0f64e0f6f1a2";
-        assert_eq!(
-            generate(
-                &c,
-                None,
-                || Some(rid.as_bytes().to_vec()),
-                &mut TestEntropy(3)
-            ),
-            rid
-        );
+        assert_eq!(generate(&c, None, || Some(rid.as_bytes().to_vec()), &mut TestEntropy(3)), rid);
         let fallback = generate(&c, None, || Some(b"bad id".to_vec()), &mut TestEntropy(3));
         assert_eq!(fallback.len(), 36);
         assert_ne!(fallback, "bad id");

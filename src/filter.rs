@@ -50,20 +50,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn define(
-        config: &Config,
-        mut define: impl FnMut(MetricKind, &str) -> Option<MetricId>,
-    ) -> Metrics {
-        let mut counter = |name: &str, tags: &[(&str, &str)]| {
-            define(MetricKind::Counter, &metrics::name(name, tags))
-        };
+    pub fn define(config: &Config, mut define: impl FnMut(MetricKind, &str) -> Option<MetricId>) -> Metrics {
+        let mut counter = |name: &str, tags: &[(&str, &str)]| define(MetricKind::Counter, &metrics::name(name, tags));
         Metrics {
-            requests: config
-                .all_rules()
-                .map(|r| counter(metrics::REQUESTS_TOTAL, &[("rule", &r.name)]))
-                .collect(),
-            correlation: Outcome::ALL
-                .map(|o| counter(metrics::CORRELATION_TOTAL, &[("outcome", o.as_str())])),
+            requests: config.all_rules().map(|r| counter(metrics::REQUESTS_TOTAL, &[("rule", &r.name)])).collect(),
+            correlation: Outcome::ALL.map(|o| counter(metrics::CORRELATION_TOTAL, &[("outcome", o.as_str())])),
             errors: counter(metrics::ERRORS_TOTAL, &[]),
         }
     }
@@ -102,12 +93,7 @@ pub struct Stream {
 }
 
 impl Stream {
-    pub fn on_request_headers(
-        &mut self,
-        plugin: &Plugin,
-        host: &mut impl Host,
-        entropy: &mut impl Entropy,
-    ) {
+    pub fn on_request_headers(&mut self, plugin: &Plugin, host: &mut impl Host, entropy: &mut impl Entropy) {
         let config = &plugin.config;
         self.rule = rules::select(&config.rules, &mut LazyFacts::new(host));
         let rule = config.rule(self.rule);
@@ -120,12 +106,7 @@ impl Stream {
             Err(outcome) => {
                 // Until trace context lands, `trace_id` generation gets a fresh trace-id-shaped id.
                 let trace_id = crate::ids::trace_id(entropy);
-                let id = correlation::generate(
-                    c,
-                    Some(&trace_id),
-                    || host.request_header("x-request-id"),
-                    entropy,
-                );
+                let id = correlation::generate(c, Some(&trace_id), || host.request_header("x-request-id"), entropy);
                 (id, outcome)
             }
         };
@@ -135,10 +116,7 @@ impl Stream {
                 self.internal_error(plugin, host, e, Some(&id));
             }
         }
-        for (key, value) in [
-            (state::CORRELATION_ID, id.as_bytes()),
-            (state::RULE, rule.name.as_bytes()),
-        ] {
+        for (key, value) in [(state::CORRELATION_ID, id.as_bytes()), (state::RULE, rule.name.as_bytes())] {
             if let Err(e) = host.set_filter_state(key, value) {
                 self.internal_error(plugin, host, e, Some(&id));
             }
@@ -175,9 +153,7 @@ impl Stream {
         let authority = host.request_header(":authority");
         let route_name = host.property(&["xds", "route_name"]);
         let cluster = host.property(&["xds", "cluster_name"]);
-        let int = |bytes: Option<Vec<u8>>| -> Option<u64> {
-            Some(u64::from_le_bytes(bytes?.try_into().ok()?))
-        };
+        let int = |bytes: Option<Vec<u8>>| -> Option<u64> { Some(u64::from_le_bytes(bytes?.try_into().ok()?)) };
         let status = int(host.property(&["response", "code"])).filter(|s| *s > 0);
         let flags = int(host.property(&["response", "flags"]));
         let duration_ms = int(host.property(&["request", "duration"])).map(|ns| ns as f64 / 1e6);
@@ -200,24 +176,12 @@ impl Stream {
     }
 
     /// Fail open: the request goes on untouched; the error is counted and logged once.
-    fn internal_error(
-        &mut self,
-        plugin: &Plugin,
-        host: &mut impl Host,
-        error: HostError,
-        id: Option<&str>,
-    ) {
+    fn internal_error(&mut self, plugin: &Plugin, host: &mut impl Host, error: HostError, id: Option<&str>) {
         increment(host, plugin.metrics.errors);
         if !self.failed {
             self.failed = true;
             let id = id.unwrap_or("-");
-            host.log(
-                LogLevel::Error,
-                &format!(
-                    "meshguard: internal error: {} (correlation_id={id})",
-                    error.0
-                ),
-            );
+            host.log(LogLevel::Error, &format!("meshguard: internal error: {} (correlation_id={id})", error.0));
         }
     }
 }
@@ -240,42 +204,25 @@ struct LazyFacts<'h, H: Host> {
 
 impl<'h, H: Host> LazyFacts<'h, H> {
     fn new(host: &'h mut H) -> Self {
-        LazyFacts {
-            host,
-            method: None,
-            path: None,
-            authority: None,
-            route_name: None,
-            cluster: None,
-        }
+        LazyFacts { host, method: None, path: None, authority: None, route_name: None, cluster: None }
     }
 }
 
 impl<H: Host> Facts for LazyFacts<'_, H> {
     fn method(&mut self) -> Option<&[u8]> {
-        self.method
-            .get_or_insert_with(|| self.host.request_header(":method"))
-            .as_deref()
+        self.method.get_or_insert_with(|| self.host.request_header(":method")).as_deref()
     }
     fn path(&mut self) -> Option<&[u8]> {
-        self.path
-            .get_or_insert_with(|| self.host.request_header(":path"))
-            .as_deref()
+        self.path.get_or_insert_with(|| self.host.request_header(":path")).as_deref()
     }
     fn authority(&mut self) -> Option<&[u8]> {
-        self.authority
-            .get_or_insert_with(|| self.host.request_header(":authority"))
-            .as_deref()
+        self.authority.get_or_insert_with(|| self.host.request_header(":authority")).as_deref()
     }
     fn route_name(&mut self) -> Option<&[u8]> {
-        self.route_name
-            .get_or_insert_with(|| self.host.property(&["xds", "route_name"]))
-            .as_deref()
+        self.route_name.get_or_insert_with(|| self.host.property(&["xds", "route_name"])).as_deref()
     }
     fn cluster(&mut self) -> Option<&[u8]> {
-        self.cluster
-            .get_or_insert_with(|| self.host.property(&["xds", "cluster_name"]))
-            .as_deref()
+        self.cluster.get_or_insert_with(|| self.host.property(&["xds", "cluster_name"])).as_deref()
     }
 }
 

@@ -28,10 +28,7 @@ pub fn uuid4(entropy: &mut impl Entropy) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let mut out = String::with_capacity(36);
-    for (i, chunk) in [&b[0..4], &b[4..6], &b[6..8], &b[8..10], &b[10..16]]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, chunk) in [&b[0..4], &b[4..6], &b[6..8], &b[8..10], &b[10..16]].into_iter().enumerate() {
         if i > 0 {
             out.push('-');
         }
@@ -91,37 +88,23 @@ mod tests {
 
     #[test]
     fn uuid4_has_version_and_variant_bits() {
-        assert_eq!(
-            uuid4(&mut Fixed(0xff)),
-            "ffffffff-ffff-4fff-bfff-ffffffffffff"
-        );
-        assert_eq!(
-            uuid4(&mut Fixed(0x00)),
-            "00000000-0000-4000-8000-000000000000"
-        );
+        assert_eq!(uuid4(&mut Fixed(0xff)), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        assert_eq!(uuid4(&mut Fixed(0x00)), "00000000-0000-4000-8000-000000000000");
         let mut e = TestEntropy(7);
         for _ in 0..100 {
             let id = uuid4(&mut e);
             let b = id.as_bytes();
             assert_eq!(id.len(), 36);
-            assert_eq!(
-                (b[8], b[13], b[14], b[18], b[23]),
-                (b'-', b'-', b'4', b'-', b'-')
-            );
+            assert_eq!((b[8], b[13], b[14], b[18], b[23]), (b'-', b'-', b'4', b'-', b'-'));
             assert!(b"89ab".contains(&b[19]), "{id}");
-            assert!(id
-                .bytes()
-                .all(|c| c == b'-' || c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+            assert!(id.bytes().all(|c| c == b'-' || c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
         }
     }
 
     #[test]
     fn trace_id_is_32_hex_and_never_zero() {
         assert_eq!(trace_id(&mut Fixed(0)), "00000000000000000000000000000001");
-        assert_eq!(
-            trace_id(&mut Fixed(0xab)),
-            "abababababababababababababababab"
-        );
+        assert_eq!(trace_id(&mut Fixed(0xab)), "abababababababababababababababab");
     }
 
     #[test]

@@ -3,15 +3,7 @@
 //! Every decision lives in a pure module (no proxy-wasm, unit-tested on the host and in wasm);
 //! `host/` is the thin shell that translates host calls, and exists only in the wasm32-wasip1
 //! build.
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod config;
 pub mod correlation;

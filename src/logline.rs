@@ -30,11 +30,7 @@ impl RequestLog<'_> {
         });
         let mut out = String::with_capacity(384);
         out.push('{');
-        field(
-            &mut out,
-            "correlation_id",
-            Some(self.correlation_id.as_bytes()),
-        );
+        field(&mut out, "correlation_id", Some(self.correlation_id.as_bytes()));
         field(&mut out, "trace_id", self.trace_id.map(str::as_bytes));
         field(&mut out, "span_id", self.span_id.map(str::as_bytes));
         field(&mut out, "event_id", self.event_id.map(str::as_bytes));
@@ -44,18 +40,10 @@ impl RequestLog<'_> {
         field(&mut out, "path", path);
         field(&mut out, "authority", self.authority);
         raw(&mut out, "status", self.status.map(|s| s.to_string()));
-        raw(
-            &mut out,
-            "duration_ms",
-            self.duration_ms.map(|d| format!("{:.3}", d.max(0.0))),
-        );
+        raw(&mut out, "duration_ms", self.duration_ms.map(|d| format!("{:.3}", d.max(0.0))));
         field(&mut out, "upstream_cluster", self.upstream_cluster);
         let flags = self.response_flags.map(response_flags);
-        field(
-            &mut out,
-            "response_flags",
-            flags.as_deref().map(str::as_bytes),
-        );
+        field(&mut out, "response_flags", flags.as_deref().map(str::as_bytes));
         field(&mut out, "circuit", self.circuit.map(str::as_bytes));
         field(&mut out, "dedup", Some(self.dedup.as_bytes()));
         out.pop(); // the last comma
@@ -106,16 +94,11 @@ pub fn push_json_string(out: &mut String, bytes: &[u8]) {
 /// Envoy's `CoreResponseFlag`), joined as in Envoy's `%RESPONSE_FLAGS%`; `-` when none.
 pub fn response_flags(bits: u64) -> String {
     const NAMES: [&str; 30] = [
-        "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE",
-        "DC", "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF",
-        "DO", "DR", "UDO",
+        "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC", "URX", "SI",
+        "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR", "UDO",
     ];
-    let names: Vec<&str> = NAMES
-        .iter()
-        .enumerate()
-        .filter(|(bit, _)| bits & (1 << bit) != 0)
-        .map(|(_, n)| *n)
-        .collect();
+    let names: Vec<&str> =
+        NAMES.iter().enumerate().filter(|(bit, _)| bits & (1 << bit) != 0).map(|(_, n)| *n).collect();
     if names.is_empty() {
         "-".to_string()
     } else {
@@ -197,10 +180,7 @@ mod tests {
             ..RequestLog::default()
         };
         let v = parse(&log.to_json(true));
-        assert_eq!(
-            v["authority"],
-            "a\"b\\c\r\nd\te\u{0}f\u{1b}\u{7f}\u{fffd}\u{fffd}\"}"
-        );
+        assert_eq!(v["authority"], "a\"b\\c\r\nd\te\u{0}f\u{1b}\u{7f}\u{fffd}\u{fffd}\"}");
         assert!(!log.to_json(true).contains('\n'));
     }
 

@@ -29,15 +29,9 @@ mod tests {
 
     #[test]
     fn tags_use_istio_convention() {
+        assert_eq!(name(REQUESTS_TOTAL, &[("rule", "payments")]), "rule=.=payments;.;meshguard_requests_total");
         assert_eq!(
-            name(REQUESTS_TOTAL, &[("rule", "payments")]),
-            "rule=.=payments;.;meshguard_requests_total"
-        );
-        assert_eq!(
-            name(
-                "meshguard_circuit_transitions_total",
-                &[("rule", "a"), ("to", "open")]
-            ),
+            name("meshguard_circuit_transitions_total", &[("rule", "a"), ("to", "open")]),
             "rule=.=a;.;to=.=open;.;meshguard_circuit_transitions_total"
         );
         assert_eq!(name(ERRORS_TOTAL, &[]), "meshguard_errors_total");

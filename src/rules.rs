@@ -29,10 +29,7 @@ fn matches(m: &Match, facts: &mut impl Facts) -> bool {
         }
     }
     if let Some(prefix) = &m.prefix {
-        if !facts
-            .path()
-            .is_some_and(|p| p.starts_with(prefix.as_bytes()))
-        {
+        if !facts.path().is_some_and(|p| p.starts_with(prefix.as_bytes())) {
             return false;
         }
     }
@@ -60,18 +57,11 @@ fn matches(m: &Match, facts: &mut impl Facts) -> bool {
 /// `:authority` without its port: `host:8080` → `host`, `[::1]:80` → `[::1]`.
 pub fn host_without_port(authority: &[u8]) -> &[u8] {
     if authority.first() == Some(&b'[') {
-        let end = authority
-            .iter()
-            .position(|&b| b == b']')
-            .map_or(authority.len(), |i| i + 1);
+        let end = authority.iter().position(|&b| b == b']').map_or(authority.len(), |i| i + 1);
         return authority.get(..end).unwrap_or(authority);
     }
     match authority.iter().rposition(|&b| b == b':') {
-        Some(colon)
-            if authority
-                .get(colon + 1..)
-                .is_some_and(|port| port.iter().all(u8::is_ascii_digit)) =>
-        {
+        Some(colon) if authority.get(colon + 1..).is_some_and(|port| port.iter().all(u8::is_ascii_digit)) => {
             authority.get(..colon).unwrap_or(authority)
         }
         _ => authority,
@@ -160,34 +150,13 @@ mod tests {
         let rules = rules(SPEC_RULES);
         let cluster = "outbound|8080||payments.prod.svc.cluster.local";
         let cases: Vec<(Req, &str)> = vec![
-            (
-                Req::new("POST", "payments.prod:8080", "/charge/1").route("payments-v1", cluster),
-                "payments",
-            ),
-            (
-                Req::new("POST", "payments.prod", "/charge").route("payments-v1", cluster),
-                "payments",
-            ),
-            (
-                Req::new("GET", "payments.prod", "/charge").route("payments-v1", cluster),
-                "default",
-            ),
-            (
-                Req::new("POST", "payments.prod", "/charge").route("payments-v2", cluster),
-                "default",
-            ),
-            (
-                Req::new("POST", "payments.prod", "/charge").route("payments-v1", "other"),
-                "default",
-            ),
-            (
-                Req::new("POST", "payments.prod", "/refund").route("payments-v1", cluster),
-                "default",
-            ),
-            (
-                Req::new("POST", "payments.staging", "/charge").route("payments-v1", cluster),
-                "default",
-            ),
+            (Req::new("POST", "payments.prod:8080", "/charge/1").route("payments-v1", cluster), "payments"),
+            (Req::new("POST", "payments.prod", "/charge").route("payments-v1", cluster), "payments"),
+            (Req::new("GET", "payments.prod", "/charge").route("payments-v1", cluster), "default"),
+            (Req::new("POST", "payments.prod", "/charge").route("payments-v2", cluster), "default"),
+            (Req::new("POST", "payments.prod", "/charge").route("payments-v1", "other"), "default"),
+            (Req::new("POST", "payments.prod", "/refund").route("payments-v1", cluster), "default"),
+            (Req::new("POST", "payments.staging", "/charge").route("payments-v1", cluster), "default"),
             (Req::new("GET", "anything", "/healthz"), "health"),
             (Req::new("GET", "anything", "/healthz/live?x=1"), "health"),
             (Req::new("GET", "orders.prod:443", "/x"), "orders"),
@@ -235,11 +204,7 @@ mod tests {
             ("", ""),
         ];
         for (authority, host) in cases {
-            assert_eq!(
-                host_without_port(authority.as_bytes()),
-                host.as_bytes(),
-                "{authority}"
-            );
+            assert_eq!(host_without_port(authority.as_bytes()), host.as_bytes(), "{authority}");
         }
     }
 }

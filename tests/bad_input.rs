@@ -55,7 +55,8 @@ fn very_long_values_and_many_headers_pass() {
     // Envoy's default limit is 60 KiB of headers; stay just under it.
     let long_id = "x".repeat(40_000);
     let long_host = format!("{}.example", "h".repeat(15_000));
-    let response = conn.send(&Request::get("/p").header("x-correlation-id", &long_id).header("host", &long_host)).unwrap();
+    let response =
+        conn.send(&Request::get("/p").header("x-correlation-id", &long_id).header("host", &long_host)).unwrap();
     assert_eq!(response.status, 200);
     assert_eq!(response.header("x-correlation-id").unwrap().len(), 36);
     let mut many = Request::get("/p");

@@ -97,9 +97,8 @@ fn envoy_local_replies_carry_the_id() {
     assert_eq!(response.header("x-correlation-id").as_deref(), Some("lost-1"));
     let line = envoy.access_log_for("lost-1");
     assert_eq!(line["response_flags"], "UF");
-    let own = envoy.wait_for("meshguard log line", 10, |e| {
-        e.meshguard_lines().into_iter().find(|l| l.contains("\"lost-1\""))
-    });
+    let own = envoy
+        .wait_for("meshguard log line", 10, |e| e.meshguard_lines().into_iter().find(|l| l.contains("\"lost-1\"")));
     let own: serde_json::Value = serde_json::from_str(&own).unwrap();
     assert_eq!(own["status"], 503);
     assert_eq!(own["response_flags"], "UF");
@@ -151,7 +150,9 @@ fn request_log_line_has_every_field_and_hides_the_query() {
     let envoy = Envoy::start(config, upstream.port);
     let response = send(
         envoy.port,
-        &Request::post("/charge?status=201&card=4111").header("x-correlation-id", "pay-1").header("host", "payments.prod:8080"),
+        &Request::post("/charge?status=201&card=4111")
+            .header("x-correlation-id", "pay-1")
+            .header("host", "payments.prod:8080"),
     )
     .unwrap();
     assert_eq!(response.status, 201);

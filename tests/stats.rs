@@ -53,7 +53,11 @@ fn counts_are_exact_across_two_workers() {
     let envoy = Envoy::start(RULES, upstream.port);
     let port = envoy.port;
     let threads: Vec<_> = (0..4)
-        .map(|_| std::thread::spawn(move || (0..25).filter(|_| send(port, &Request::get("/healthz")).unwrap().status == 200).count()))
+        .map(|_| {
+            std::thread::spawn(move || {
+                (0..25).filter(|_| send(port, &Request::get("/healthz")).unwrap().status == 200).count()
+            })
+        })
         .collect();
     let ok: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert_eq!(ok, 100);

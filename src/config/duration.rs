@@ -7,18 +7,14 @@ pub const MAX_NANOS: u64 = 30 * 24 * 3600 * 1_000_000_000;
 
 /// Parses a duration into nanoseconds. The error is the message shown after the JSON path.
 pub fn parse(text: &str) -> Result<u64, String> {
-    let invalid =
-        || format!("invalid duration {text:?} (expected e.g. \"250ms\", \"30s\", \"10m\", \"1h\")");
+    let invalid = || format!("invalid duration {text:?} (expected e.g. \"250ms\", \"30s\", \"10m\", \"1h\")");
     let mut rest = text.as_bytes();
     if rest.is_empty() {
         return Err(invalid());
     }
     let mut total: u128 = 0;
     while !rest.is_empty() {
-        let digits = rest
-            .iter()
-            .take_while(|b| b.is_ascii_digit() || **b == b'.')
-            .count();
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit() || **b == b'.').count();
         let (number, tail) = rest.split_at(digits);
         let units = tail.iter().take_while(|b| b.is_ascii_alphabetic()).count();
         let (unit, tail) = tail.split_at(units);
@@ -53,11 +49,7 @@ fn scaled(number: &[u8], scale: u128) -> Option<u128> {
     if !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let whole: u128 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().ok()?
-    };
+    let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
     let mut value = whole.checked_mul(scale)?;
     let mut unit = scale;
     for digit in frac.bytes() {
@@ -69,13 +61,8 @@ fn scaled(number: &[u8], scale: u128) -> Option<u128> {
 
 /// Formats nanoseconds back in the largest unit that divides them (for messages).
 pub fn format(nanos: u64) -> String {
-    const UNITS: [(u64, &str); 5] = [
-        (3_600_000_000_000, "h"),
-        (60_000_000_000, "m"),
-        (1_000_000_000, "s"),
-        (1_000_000, "ms"),
-        (1, "ns"),
-    ];
+    const UNITS: [(u64, &str); 5] =
+        [(3_600_000_000_000, "h"), (60_000_000_000, "m"), (1_000_000_000, "s"), (1_000_000, "ms"), (1, "ns")];
     for (scale, name) in UNITS {
         if nanos >= scale && nanos.is_multiple_of(scale) {
             return format!("{}{name}", nanos / scale);
@@ -112,9 +99,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed_durations() {
-        for text in [
-            "", "10", "s", "10x", "-1s", "1 s", " 1s", "1.2.3s", ".s", "10S", "1d", "1sm",
-        ] {
+        for text in ["", "10", "s", "10x", "-1s", "1 s", " 1s", "1.2.3s", ".s", "10S", "1d", "1sm"] {
             assert!(parse(text).is_err(), "{text:?} should be rejected");
         }
     }

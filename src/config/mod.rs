@@ -232,11 +232,7 @@ impl Default for Trace {
 
 impl Default for Log {
     fn default() -> Self {
-        Log {
-            requests: false,
-            level: LogLevel::Info,
-            include_query: false,
-        }
+        Log { requests: false, level: LogLevel::Info, include_query: false }
     }
 }
 
@@ -263,11 +259,7 @@ impl Default for Breaker {
 impl Default for Dedup {
     fn default() -> Self {
         Dedup {
-            headers: vec![
-                "x-event-id".into(),
-                "idempotency-key".into(),
-                "ce-id".into(),
-            ],
+            headers: vec!["x-event-id".into(), "idempotency-key".into(), "ce-id".into()],
             methods: vec!["POST".into(), "PUT".into(), "PATCH".into()],
             ttl: 600 * SECOND,
             in_flight_ttl: 60 * SECOND,
@@ -302,9 +294,7 @@ impl Default for Config {
 impl Config {
     /// The rule with this index from [`crate::rules::select`]; `None` is the default rule.
     pub fn rule(&self, index: Option<usize>) -> &Rule {
-        index
-            .and_then(|i| self.rules.get(i))
-            .unwrap_or(&self.default_rule)
+        index.and_then(|i| self.rules.get(i)).unwrap_or(&self.default_rule)
     }
 
     /// Every rule, the default one last.
@@ -332,25 +322,12 @@ pub fn parse(bytes: &[u8]) -> Result<Config, Vec<String>> {
 }
 
 fn parse_value(value: &Value, errors: &mut Errors) -> Option<Config> {
-    const KEYS: &[&str] = &[
-        "correlation",
-        "trace",
-        "log",
-        "circuit_breaker",
-        "dedup",
-        "routes",
-    ];
+    const KEYS: &[&str] = &["correlation", "trace", "log", "circuit_breaker", "dedup", "routes"];
     let map = object(value, "", KEYS, errors)?;
     let correlation = parse_correlation(map.get("correlation"), errors);
     let trace = parse_trace(map.get("trace"), errors);
     let log = parse_log(map.get("log"), errors);
-    let circuit_breaker = section(
-        map.get("circuit_breaker"),
-        "circuit_breaker",
-        None,
-        errors,
-        parse_breaker,
-    );
+    let circuit_breaker = section(map.get("circuit_breaker"), "circuit_breaker", None, errors, parse_breaker);
     let dedup = section(map.get("dedup"), "dedup", None, errors, parse_dedup);
     let rules = match map.get("routes") {
         None => Vec::new(),
@@ -368,12 +345,7 @@ fn parse_value(value: &Value, errors: &mut Errors) -> Option<Config> {
         trace,
         log,
         rules,
-        default_rule: Rule {
-            name: DEFAULT_RULE.into(),
-            matcher: Match::default(),
-            circuit_breaker,
-            dedup,
-        },
+        default_rule: Rule { name: DEFAULT_RULE.into(), matcher: Match::default(), circuit_breaker, dedup },
         needs,
     })
 }
@@ -385,11 +357,7 @@ fn fields<'v, 'e>(
     errors: &'e mut Errors,
 ) -> Option<Fields<'v, 'e>> {
     let map = object(value?, path, keys, errors)?;
-    Some(Fields {
-        map,
-        path: path.to_string(),
-        errors,
-    })
+    Some(Fields { map, path: path.to_string(), errors })
 }
 
 fn parse_correlation(value: Option<&Value>, errors: &mut Errors) -> Correlation {
@@ -441,25 +409,13 @@ fn parse_trace(value: Option<&Value>, errors: &mut Errors) -> Trace {
         t.sample_ratio = ratio;
     }
     if let Some(b3) = f.choice("b3", &["accept", "ignore"]) {
-        t.b3 = if b3 == "accept" {
-            B3::Accept
-        } else {
-            B3::Ignore
-        };
+        t.b3 = if b3 == "accept" { B3::Accept } else { B3::Ignore };
     }
     match f.raw("traceresponse") {
         None => {}
-        Some(Value::Bool(on)) => {
-            t.traceresponse = if *on {
-                TraceResponse::Header
-            } else {
-                TraceResponse::Off
-            }
-        }
+        Some(Value::Bool(on)) => t.traceresponse = if *on { TraceResponse::Header } else { TraceResponse::Off },
         Some(Value::String(s)) if s == "traceresponse" => t.traceresponse = TraceResponse::Header,
-        Some(Value::String(s)) if s == "server-timing" => {
-            t.traceresponse = TraceResponse::ServerTiming
-        }
+        Some(Value::String(s)) if s == "server-timing" => t.traceresponse = TraceResponse::ServerTiming,
         Some(other) => f.error(
             "traceresponse",
             format!("must be true, false, \"traceresponse\" or \"server-timing\", got {other}"),
@@ -477,10 +433,7 @@ fn parse_log(value: Option<&Value>, errors: &mut Errors) -> Log {
     if let Some(requests) = f.bool("requests") {
         l.requests = requests;
     }
-    if let Some(level) = f.choice(
-        "level",
-        &["trace", "debug", "info", "warn", "error", "critical"],
-    ) {
+    if let Some(level) = f.choice("level", &["trace", "debug", "info", "warn", "error", "critical"]) {
         l.level = match level {
             "trace" => LogLevel::Trace,
             "debug" => LogLevel::Debug,
@@ -510,20 +463,10 @@ fn section<T: Clone + Default>(
         Some(Value::String(s)) if s == "disabled" => None,
         Some(Value::Object(map)) => {
             let base = inherited.cloned().unwrap_or_default();
-            parse(
-                base,
-                Fields {
-                    map,
-                    path: path.to_string(),
-                    errors,
-                },
-            )
+            parse(base, Fields { map, path: path.to_string(), errors })
         }
         Some(other) => {
-            errors.add(
-                path,
-                format!("must be an object or \"disabled\", got {}", kind(other)),
-            );
+            errors.add(path, format!("must be an object or \"disabled\", got {}", kind(other)));
             None
         }
     }
@@ -583,10 +526,7 @@ fn parse_breaker(mut b: Breaker, mut f: Fields) -> Option<Breaker> {
     if let Some(v) = f.status_set("failure_status") {
         b.failure_status = v;
     }
-    if let Some(mode) = f.choice(
-        "mode",
-        &["enforce", "metrics_only", "forced_open", "disabled"],
-    ) {
+    if let Some(mode) = f.choice("mode", &["enforce", "metrics_only", "forced_open", "disabled"]) {
         match mode {
             "metrics_only" => b.mode = BreakerMode::MetricsOnly,
             "forced_open" => b.mode = BreakerMode::ForcedOpen,
@@ -610,11 +550,7 @@ fn parse_breaker(mut b: Breaker, mut f: Fields) -> Option<Breaker> {
 
 fn parse_window(value: &Value, path: &str, errors: &mut Errors) -> Option<Window> {
     let map = object(value, path, &["type", "size"], errors)?;
-    let mut f = Fields {
-        map,
-        path: path.to_string(),
-        errors,
-    };
+    let mut f = Fields { map, path: path.to_string(), errors };
     let time = match f.choice("type", &["count", "time"]) {
         Some(kind) => kind == "time",
         None if f.raw("type").is_some() => return None,
@@ -630,10 +566,7 @@ fn parse_window(value: &Value, path: &str, errors: &mut Errors) -> Option<Window
             Some(_) => {
                 let nanos = f.duration("size", 1)?;
                 if nanos % SECOND != 0 {
-                    f.error(
-                        "size",
-                        "must be whole seconds (the window counts in one-second buckets)",
-                    );
+                    f.error("size", "must be whole seconds (the window counts in one-second buckets)");
                     return None;
                 }
                 let secs = nanos / SECOND;
@@ -651,9 +584,7 @@ fn parse_window(value: &Value, path: &str, errors: &mut Errors) -> Option<Window
                 f.error("size", "must be > 0");
                 None
             }
-            Some(_) => f
-                .int("size", 1, MAX_COUNT_WINDOW)
-                .map(|n| Window::Count(n as u32)),
+            Some(_) => f.int("size", 1, MAX_COUNT_WINDOW).map(|n| Window::Count(n as u32)),
         }
     }
 }
@@ -699,10 +630,9 @@ fn parse_dedup(mut d: Dedup, mut f: Fields) -> Option<Dedup> {
                 d.duplicate_status = DuplicateStatus::Fixed(code as u32);
             }
         }
-        Some(other) => f.error(
-            "duplicate_status",
-            format!("must be \"replay\" or a status code from 200 to 599, got {other}"),
-        ),
+        Some(other) => {
+            f.error("duplicate_status", format!("must be \"replay\" or a status code from 200 to 599, got {other}"))
+        }
     }
     if let Some(v) = f.status_set("success_status") {
         d.success_status = v;
@@ -715,11 +645,7 @@ fn parse_dedup(mut d: Dedup, mut f: Fields) -> Option<Dedup> {
         };
     }
     if let Some(v) = f.choice("scope", &["rule", "caller"]) {
-        d.scope = if v == "caller" {
-            Scope::Caller
-        } else {
-            Scope::Rule
-        };
+        d.scope = if v == "caller" { Scope::Caller } else { Scope::Rule };
     }
     if let Some(v) = f.int("max_entries", 1, MAX_DEDUP_ENTRIES) {
         d.max_entries = v as u32;
@@ -728,17 +654,9 @@ fn parse_dedup(mut d: Dedup, mut f: Fields) -> Option<Dedup> {
 }
 
 fn report_unknown(f: &mut Fields, keys: &[&str]) {
-    let unknown: Vec<String> = f
-        .map
-        .keys()
-        .filter(|k| !keys.contains(&k.as_str()))
-        .cloned()
-        .collect();
+    let unknown: Vec<String> = f.map.keys().filter(|k| !keys.contains(&k.as_str())).cloned().collect();
     for key in unknown {
-        f.error(
-            &key,
-            format!("unknown key (expected one of: {})", keys.join(", ")),
-        );
+        f.error(&key, format!("unknown key (expected one of: {})", keys.join(", ")));
     }
 }
 
@@ -746,49 +664,32 @@ fn method_problem(method: &str) -> Option<String> {
     (!is_token(method)).then(|| format!("invalid method {method:?}"))
 }
 
-fn parse_rules(
-    value: &Value,
-    breaker: &Option<Breaker>,
-    dedup: &Option<Dedup>,
-    errors: &mut Errors,
-) -> Vec<Rule> {
+fn parse_rules(value: &Value, breaker: &Option<Breaker>, dedup: &Option<Dedup>, errors: &mut Errors) -> Vec<Rule> {
     let Value::Array(items) = value else {
         errors.add("routes", format!("must be an array, got {}", kind(value)));
         return Vec::new();
     };
     if items.len() > MAX_RULES {
-        errors.add(
-            "routes",
-            format!("must have at most {MAX_RULES} rules, got {}", items.len()),
-        );
+        errors.add("routes", format!("must have at most {MAX_RULES} rules, got {}", items.len()));
         return Vec::new();
     }
     let mut rules: Vec<Rule> = Vec::with_capacity(items.len());
     let mut first_index: Vec<(String, usize)> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let path = format!("routes[{i}]");
-        let Some(map) = object(
-            item,
-            &path,
-            &["name", "match", "circuit_breaker", "dedup"],
-            errors,
-        ) else {
+        let Some(map) = object(item, &path, &["name", "match", "circuit_breaker", "dedup"], errors) else {
             continue;
         };
         let name = parse_rule_name(map, &path, errors);
         if let Some(name) = &name {
             match first_index.iter().find(|(n, _)| n == name) {
-                Some((_, first)) => errors.add(
-                    &join(&path, "name"),
-                    format!("duplicate rule name {name:?} (also routes[{first}])"),
-                ),
+                Some((_, first)) => {
+                    errors.add(&join(&path, "name"), format!("duplicate rule name {name:?} (also routes[{first}])"))
+                }
                 None => first_index.push((name.clone(), i)),
             }
         }
-        let matcher = map
-            .get("match")
-            .map(|m| parse_match(m, &join(&path, "match"), errors))
-            .unwrap_or_default();
+        let matcher = map.get("match").map(|m| parse_match(m, &join(&path, "match"), errors)).unwrap_or_default();
         let rule_breaker = section(
             map.get("circuit_breaker"),
             &join(&path, "circuit_breaker"),
@@ -796,20 +697,9 @@ fn parse_rules(
             errors,
             parse_breaker,
         );
-        let rule_dedup = section(
-            map.get("dedup"),
-            &join(&path, "dedup"),
-            dedup.as_ref(),
-            errors,
-            parse_dedup,
-        );
+        let rule_dedup = section(map.get("dedup"), &join(&path, "dedup"), dedup.as_ref(), errors, parse_dedup);
         if let Some(name) = name {
-            rules.push(Rule {
-                name,
-                matcher,
-                circuit_breaker: rule_breaker,
-                dedup: rule_dedup,
-            });
+            rules.push(Rule { name, matcher, circuit_breaker: rule_breaker, dedup: rule_dedup });
         }
     }
     rules
@@ -827,20 +717,12 @@ fn parse_rule_name(map: &Map<String, Value>, path: &str, errors: &mut Errors) ->
     };
     // The name becomes a stat tag value (`rule=.=<name>;.;`) and a shared-data key part: keep it
     // to characters that survive both.
-    let valid_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    let valid_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
     if name.is_empty() || name.len() > 64 || !valid_chars {
-        errors.add(
-            &path,
-            format!("must be 1-64 characters of A-Z a-z 0-9 _ - ., got {name:?}"),
-        );
+        errors.add(&path, format!("must be 1-64 characters of A-Z a-z 0-9 _ - ., got {name:?}"));
         None
     } else if name == DEFAULT_RULE {
-        errors.add(
-            &path,
-            "\"default\" is reserved for requests that match no rule",
-        );
+        errors.add(&path, "\"default\" is reserved for requests that match no rule");
         None
     } else {
         Some(name.to_string())
@@ -853,21 +735,15 @@ fn parse_match(value: &Value, path: &str, errors: &mut Errors) -> Match {
     let Some(map) = object(value, path, KEYS, errors) else {
         return m;
     };
-    let mut f = Fields {
-        map,
-        path: path.to_string(),
-        errors,
-    };
+    let mut f = Fields { map, path: path.to_string(), errors };
     m.route_name = f.str("route_name").map(str::to_string);
     m.cluster = f.str("cluster").map(str::to_string);
     if let Some(host) = f.str("host") {
         if host.is_empty() || host.bytes().any(|b| !b.is_ascii_graphic() || b == b'/') {
             f.error("host", format!("invalid host {host:?}"));
         } else {
-            m.host = Some(
-                String::from_utf8_lossy(crate::rules::host_without_port(host.as_bytes()))
-                    .to_ascii_lowercase(),
-            );
+            m.host =
+                Some(String::from_utf8_lossy(crate::rules::host_without_port(host.as_bytes())).to_ascii_lowercase());
         }
     }
     if let Some(prefix) = f.str("prefix") {

@@ -48,10 +48,7 @@ pub fn object<'v>(
     };
     for key in map.keys() {
         if !allowed.contains(&key.as_str()) {
-            errors.add(
-                &join(path, key),
-                format!("unknown key (expected one of: {})", allowed.join(", ")),
-            );
+            errors.add(&join(path, key), format!("unknown key (expected one of: {})", allowed.join(", ")));
         }
     }
     Some(map)
@@ -79,12 +76,7 @@ impl<'v> Fields<'v, '_> {
         self.map.get(key)
     }
 
-    fn typed<T>(
-        &mut self,
-        key: &str,
-        expected: &str,
-        read: impl FnOnce(&'v Value) -> Option<T>,
-    ) -> Option<T> {
+    fn typed<T>(&mut self, key: &str, expected: &str, read: impl FnOnce(&'v Value) -> Option<T>) -> Option<T> {
         let value = self.map.get(key)?;
         let result = read(value);
         if result.is_none() {
@@ -107,10 +99,7 @@ impl<'v> Fields<'v, '_> {
         match value.as_u64() {
             Some(n) if (lo..=hi).contains(&n) => Some(n),
             Some(_) | None if value.is_number() => {
-                self.error(
-                    key,
-                    format!("must be an integer from {lo} to {hi}, got {value}"),
-                );
+                self.error(key, format!("must be an integer from {lo} to {hi}, got {value}"));
                 None
             }
             _ => {
@@ -137,10 +126,7 @@ impl<'v> Fields<'v, '_> {
         if choices.contains(&text) {
             Some(text)
         } else {
-            self.error(
-                key,
-                format!("must be one of {}, got {text:?}", quoted(choices)),
-            );
+            self.error(key, format!("must be one of {}, got {text:?}", quoted(choices)));
             None
         }
     }
@@ -174,15 +160,10 @@ impl<'v> Fields<'v, '_> {
             let parsed = match item {
                 Value::Number(n) => match n.as_u64().filter(|c| (100..=599).contains(c)) {
                     Some(code) => Ok((code as u32, code as u32)),
-                    None => Err(format!(
-                        "invalid status {n} (expected a code from 100 to 599)"
-                    )),
+                    None => Err(format!("invalid status {n} (expected a code from 100 to 599)")),
                 },
                 Value::String(text) => status::parse_item(text),
-                other => Err(format!(
-                    "must be a status code, range or class, got {}",
-                    kind(other)
-                )),
+                other => Err(format!("must be a status code, range or class, got {}", kind(other))),
             };
             match parsed {
                 Ok((lo, hi)) => set.insert_range(lo, hi),
@@ -222,8 +203,7 @@ impl<'v> Fields<'v, '_> {
                 },
                 None => {
                     ok = false;
-                    self.errors
-                        .add(&path, format!("must be a string, got {}", kind(item)));
+                    self.errors.add(&path, format!("must be a string, got {}", kind(item)));
                 }
             }
         }
@@ -232,19 +212,12 @@ impl<'v> Fields<'v, '_> {
 }
 
 pub fn quoted(choices: &[&str]) -> String {
-    choices
-        .iter()
-        .map(|c| format!("{c:?}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    choices.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ")
 }
 
 /// RFC 9110 `token` characters: what header names and methods are made of.
 pub fn is_token(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The problem with a header name given in the configuration, if any.

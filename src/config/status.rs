@@ -43,22 +43,13 @@ impl StatusSet {
 pub fn parse_item(text: &str) -> Result<(u32, u32), String> {
     let code = |s: &str| -> Option<u32> {
         let valid = s.len() == 3 && s.bytes().all(|b| b.is_ascii_digit());
-        valid
-            .then(|| s.parse().ok())
-            .flatten()
-            .filter(|c| (100..=599).contains(c))
+        valid.then(|| s.parse().ok()).flatten().filter(|c| (100..=599).contains(c))
     };
-    let bad = || {
-        format!("invalid status {text:?} (expected a code 100-599, a range \"500-504\" or a class \"5xx\")")
-    };
+    let bad = || format!("invalid status {text:?} (expected a code 100-599, a range \"500-504\" or a class \"5xx\")");
     let bytes = text.as_bytes();
     if let [first, b'x' | b'X', b'x' | b'X'] = bytes {
         let class = u32::from(first.wrapping_sub(b'0'));
-        return if (1..=5).contains(&class) {
-            Ok((class * 100, class * 100 + 99))
-        } else {
-            Err(bad())
-        };
+        return if (1..=5).contains(&class) { Ok((class * 100, class * 100 + 99)) } else { Err(bad()) };
     }
     if let Some((lo, hi)) = text.split_once('-') {
         let (lo, hi) = (code(lo).ok_or_else(bad)?, code(hi).ok_or_else(bad)?);
@@ -83,9 +74,7 @@ mod tests {
         assert_eq!(parse_item("500-504"), Ok((500, 504)));
         assert_eq!(parse_item("5xx"), Ok((500, 599)));
         assert_eq!(parse_item("2XX"), Ok((200, 299)));
-        for bad in [
-            "", "5", "5000", "600", "099", "6xx", "0xx", "504-500", "a-b", "5x", "500-", "-500",
-        ] {
+        for bad in ["", "5", "5000", "600", "099", "6xx", "0xx", "504-500", "a-b", "5x", "500-", "-500"] {
             assert!(parse_item(bad).is_err(), "{bad:?}");
         }
     }
@@ -96,21 +85,7 @@ mod tests {
         for status in [500, 503, 599, 429, 408, 409] {
             assert!(set.contains(status), "{status}");
         }
-        for status in [
-            0,
-            99,
-            100,
-            200,
-            404,
-            407,
-            410,
-            428,
-            430,
-            499,
-            600,
-            1000,
-            u32::MAX,
-        ] {
+        for status in [0, 99, 100, 200, 404, 407, 410, 428, 430, 499, 600, 1000, u32::MAX] {
             assert!(!set.contains(status), "{status}");
         }
     }

@@ -55,16 +55,11 @@ fn spec_example_is_accepted() {
     assert_eq!(b.window, Window::Count(20));
     assert_eq!(b.open_duration, 30 * SECOND);
     assert_eq!(b.max_open_duration, 300 * SECOND);
-    assert_eq!(
-        payments.dedup.as_ref().unwrap().on_missing,
-        OnMissing::Reject
-    );
+    assert_eq!(payments.dedup.as_ref().unwrap().on_missing, OnMissing::Reject);
     assert_eq!(payments.dedup.as_ref().unwrap().ttl, 600 * SECOND);
     let health = &c.rules[1];
     assert!(health.circuit_breaker.is_none() && health.dedup.is_none());
-    assert!(
-        c.needs.route_name && c.needs.cluster && c.needs.host && c.needs.path && c.needs.method
-    );
+    assert!(c.needs.route_name && c.needs.cluster && c.needs.host && c.needs.path && c.needs.method);
 }
 
 #[test]
@@ -78,10 +73,7 @@ fn rule_sections_merge_over_top_level() {
             {"name": "d", "dedup": {"ttl": "1m"}}
         ]}"#);
     let a = c.rules[0].circuit_breaker.as_ref().unwrap();
-    assert_eq!(
-        (a.failure_rate_threshold, a.minimum_calls, a.window),
-        (40.0, 3, Window::Time(30))
-    );
+    assert_eq!((a.failure_rate_threshold, a.minimum_calls, a.window), (40.0, 3, Window::Time(30)));
     assert_eq!(a.open_duration, 10 * SECOND);
     assert_eq!(c.rules[1].circuit_breaker, c.default_rule.circuit_breaker);
     assert!(c.rules[2].circuit_breaker.is_none());
@@ -117,21 +109,9 @@ fn values_are_compiled() {
     let d = c.default_rule.dedup.unwrap();
     assert_eq!(d.headers, vec!["idempotency-key".to_string()]);
     assert_eq!(d.duplicate_status, DuplicateStatus::Fixed(409));
-    assert!(
-        d.success_status.contains(304)
-            && d.success_status.contains(201)
-            && !d.success_status.contains(404)
-    );
-    assert_eq!(
-        (d.fingerprint, d.scope, d.max_entries),
-        (Fingerprint::Body, Scope::Caller, 10)
-    );
-    assert_eq!(
-        ok(r#"{"trace": {"traceresponse": true}}"#)
-            .trace
-            .traceresponse,
-        TraceResponse::Header
-    );
+    assert!(d.success_status.contains(304) && d.success_status.contains(201) && !d.success_status.contains(404));
+    assert_eq!((d.fingerprint, d.scope, d.max_entries), (Fingerprint::Body, Scope::Caller, 10));
+    assert_eq!(ok(r#"{"trace": {"traceresponse": true}}"#).trace.traceresponse, TraceResponse::Header);
 }
 
 /// Each invalid configuration with the exact message an operator reads.
@@ -246,22 +226,11 @@ fn malformed_json_is_refused_with_position() {
 
 #[test]
 fn limits_are_enforced() {
-    let many: Vec<String> = (0..=MAX_RULES)
-        .map(|i| format!(r#"{{"name": "r{i}"}}"#))
-        .collect();
+    let many: Vec<String> = (0..=MAX_RULES).map(|i| format!(r#"{{"name": "r{i}"}}"#)).collect();
     let errs = errors(&format!(r#"{{"routes": [{}]}}"#, many.join(",")));
-    assert_eq!(
-        errs,
-        vec![format!(
-            "routes: must have at most {MAX_RULES} rules, got {}",
-            MAX_RULES + 1
-        )]
-    );
+    assert_eq!(errs, vec![format!("routes: must have at most {MAX_RULES} rules, got {}", MAX_RULES + 1)]);
     let c = ok(r#"{"circuit_breaker": {"window": {"type": "time", "size": "10m"}}}"#);
-    assert_eq!(
-        c.default_rule.circuit_breaker.unwrap().window,
-        Window::Time(600)
-    );
+    assert_eq!(c.default_rule.circuit_breaker.unwrap().window, Window::Time(600));
     assert_eq!(
         errors(r#"{"circuit_breaker": {"window": {"type": "time", "size": "11m"}}}"#),
         vec!["circuit_breaker.window.size: must be at most 600s"]

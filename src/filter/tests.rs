@@ -23,13 +23,7 @@ struct FakeHost {
 
 impl FakeHost {
     fn with_request(headers: &[(&str, &[u8])]) -> FakeHost {
-        FakeHost {
-            request: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_vec()))
-                .collect(),
-            ..FakeHost::default()
-        }
+        FakeHost { request: headers.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect(), ..FakeHost::default() }
     }
     fn get(list: &[(String, Vec<u8>)], name: &str) -> Option<Vec<u8>> {
         list.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
@@ -39,11 +33,7 @@ impl FakeHost {
         list.push((name.to_string(), value.to_vec()));
     }
     fn counter(&self, name: &str) -> i64 {
-        let id = self
-            .names
-            .iter()
-            .position(|n| n == name)
-            .unwrap_or_else(|| panic!("no metric {name}"));
+        let id = self.names.iter().position(|n| n == name).unwrap_or_else(|| panic!("no metric {name}"));
         self.counters.get(&(id as MetricId)).copied().unwrap_or(0)
     }
     fn state_str(&self, key: &str) -> Option<String> {
@@ -108,10 +98,7 @@ fn run(json: &str, request: &[(&str, &[u8])]) -> (FakeHost, Stream) {
 #[test]
 fn metrics_are_defined_once_per_rule_and_outcome() {
     let mut host = FakeHost::default();
-    plugin(
-        r#"{"routes": [{"name": "payments"}, {"name": "orders"}]}"#,
-        &mut host,
-    );
+    plugin(r#"{"routes": [{"name": "payments"}, {"name": "orders"}]}"#, &mut host);
     assert_eq!(
         host.names,
         vec![
@@ -129,22 +116,10 @@ fn metrics_are_defined_once_per_rule_and_outcome() {
 #[test]
 fn valid_correlation_id_is_kept_and_echoed() {
     let (host, _) = run("{}", &[("x-correlation-id", b"order-42")]);
-    assert_eq!(
-        FakeHost::get(&host.request, "x-correlation-id").unwrap(),
-        b"order-42"
-    );
-    assert_eq!(
-        FakeHost::get(&host.response, "x-correlation-id").unwrap(),
-        b"order-42"
-    );
-    assert_eq!(
-        host.state_str(state::CORRELATION_ID).as_deref(),
-        Some("order-42")
-    );
-    assert_eq!(
-        host.counter("outcome=.=kept;.;meshguard_correlation_total"),
-        1
-    );
+    assert_eq!(FakeHost::get(&host.request, "x-correlation-id").unwrap(), b"order-42");
+    assert_eq!(FakeHost::get(&host.response, "x-correlation-id").unwrap(), b"order-42");
+    assert_eq!(host.state_str(state::CORRELATION_ID).as_deref(), Some("order-42"));
+    assert_eq!(host.counter("outcome=.=kept;.;meshguard_correlation_total"), 1);
     assert_eq!(host.counter("rule=.=default;.;meshguard_requests_total"), 1);
 }
 
@@ -153,14 +128,8 @@ fn missing_correlation_id_is_generated_upstream_and_downstream() {
     let (host, _) = run("{}", &[]);
     let id = FakeHost::get(&host.request, "x-correlation-id").unwrap();
     assert_eq!(id.len(), 36);
-    assert_eq!(
-        FakeHost::get(&host.response, "x-correlation-id").unwrap(),
-        id
-    );
-    assert_eq!(
-        host.counter("outcome=.=generated;.;meshguard_correlation_total"),
-        1
-    );
+    assert_eq!(FakeHost::get(&host.response, "x-correlation-id").unwrap(), id);
+    assert_eq!(host.counter("outcome=.=generated;.;meshguard_correlation_total"), 1);
 }
 
 #[test]
@@ -169,14 +138,8 @@ fn invalid_correlation_id_is_replaced_and_never_logged() {
     let (host, _) = run(json, &[("x-correlation-id", b"evil\xe9\"} injected")]);
     let id = FakeHost::get(&host.request, "x-correlation-id").unwrap();
     assert_eq!(id.len(), 36);
-    assert_eq!(
-        host.counter("outcome=.=replaced_invalid;.;meshguard_correlation_total"),
-        1
-    );
-    assert!(host
-        .logs
-        .iter()
-        .all(|(_, line)| !line.contains("evil") && !line.contains("injected")));
+    assert_eq!(host.counter("outcome=.=replaced_invalid;.;meshguard_correlation_total"), 1);
+    assert!(host.logs.iter().all(|(_, line)| !line.contains("evil") && !line.contains("injected")));
 }
 
 #[test]
@@ -190,14 +153,8 @@ fn echo_can_be_turned_off() {
 fn custom_header_and_request_id_generator() {
     let json = r#"{"correlation": {"header": "x-trace-ref", "generator": "request_id"}}"#;
     let (host, _) = run(json, &[("x-request-id", b"rid-1")]);
-    assert_eq!(
-        FakeHost::get(&host.request, "x-trace-ref").unwrap(),
-        b"rid-1"
-    );
-    assert_eq!(
-        FakeHost::get(&host.response, "x-trace-ref").unwrap(),
-        b"rid-1"
-    );
+    assert_eq!(FakeHost::get(&host.request, "x-trace-ref").unwrap(), b"rid-1");
+    assert_eq!(FakeHost::get(&host.response, "x-trace-ref").unwrap(), b"rid-1");
     assert!(FakeHost::get(&host.request, "x-correlation-id").is_none());
 }
 
@@ -208,15 +165,10 @@ fn rule_is_selected_counted_and_stored() {
     assert_eq!(host.state_str(state::RULE).as_deref(), Some("health"));
     assert_eq!(host.counter("rule=.=health;.;meshguard_requests_total"), 1);
     assert_eq!(host.counter("rule=.=default;.;meshguard_requests_total"), 0);
-    assert!(
-        host.property_reads.is_empty(),
-        "route name read although the prefix decided: {:?}",
-        host.property_reads
-    );
+    assert!(host.property_reads.is_empty(), "route name read although the prefix decided: {:?}", host.property_reads);
 
     let mut host = FakeHost::with_request(&[(":path", b"/x")]);
-    host.properties
-        .push(("xds.route_name".into(), b"pay-v1".to_vec()));
+    host.properties.push(("xds.route_name".into(), b"pay-v1".to_vec()));
     let plugin = plugin(json, &mut host);
     Stream::default().on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
     assert_eq!(host.state_str(state::RULE).as_deref(), Some("pay"));
@@ -224,10 +176,7 @@ fn rule_is_selected_counted_and_stored() {
 
 #[test]
 fn no_property_is_read_when_no_rule_needs_one_and_logging_is_off() {
-    let (host, _) = run(
-        r#"{"routes": [{"name": "h", "match": {"prefix": "/h"}}]}"#,
-        &[(":path", b"/")],
-    );
+    let (host, _) = run(r#"{"routes": [{"name": "h", "match": {"prefix": "/h"}}]}"#, &[(":path", b"/")]);
     assert!(host.property_reads.is_empty(), "{:?}", host.property_reads);
     assert!(host.logs.is_empty());
 }
@@ -240,20 +189,11 @@ fn request_log_line_has_the_request_and_response_facts() {
         (":authority", b"payments.prod"),
         ("x-correlation-id", b"c-7"),
     ]);
-    host.properties
-        .push(("xds.route_name".into(), b"payments-v1".to_vec()));
-    host.properties.push((
-        "xds.cluster_name".into(),
-        b"outbound|8080||payments".to_vec(),
-    ));
-    host.properties
-        .push(("response.code".into(), 201u64.to_le_bytes().to_vec()));
-    host.properties
-        .push(("response.flags".into(), 0u64.to_le_bytes().to_vec()));
-    host.properties.push((
-        "request.duration".into(),
-        12_345_678u64.to_le_bytes().to_vec(),
-    ));
+    host.properties.push(("xds.route_name".into(), b"payments-v1".to_vec()));
+    host.properties.push(("xds.cluster_name".into(), b"outbound|8080||payments".to_vec()));
+    host.properties.push(("response.code".into(), 201u64.to_le_bytes().to_vec()));
+    host.properties.push(("response.flags".into(), 0u64.to_le_bytes().to_vec()));
+    host.properties.push(("request.duration".into(), 12_345_678u64.to_le_bytes().to_vec()));
     let plugin = plugin(r#"{"log": {"requests": true, "level": "warn"}}"#, &mut host);
     let mut stream = Stream::default();
     stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
@@ -283,9 +223,7 @@ fn failing_host_write_fails_open_counted_and_logged_once() {
     stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
     assert_eq!(host.counter("meshguard_errors_total"), 1);
     assert_eq!(host.logs.len(), 1);
-    assert!(host.logs[0]
-        .1
-        .starts_with("meshguard: internal error: cannot set request header (correlation_id="));
+    assert!(host.logs[0].1.starts_with("meshguard: internal error: cannot set request header (correlation_id="));
     // The stream goes on: the id still reaches filter state and the response.
     stream.on_response_headers(&plugin, &mut host);
     assert!(FakeHost::get(&host.response, "x-correlation-id").is_some());

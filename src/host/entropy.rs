@@ -12,10 +12,7 @@ pub struct Pool {
 
 impl Default for Pool {
     fn default() -> Self {
-        Pool {
-            buf: [0; BLOCK],
-            used: BLOCK,
-        }
+        Pool { buf: [0; BLOCK], used: BLOCK }
     }
 }
 

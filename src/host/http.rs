@@ -22,10 +22,7 @@ pub struct HttpStream {
 
 impl HttpStream {
     pub fn new(plugin: Rc<Plugin>) -> Self {
-        HttpStream {
-            plugin,
-            stream: Stream::default(),
-        }
+        HttpStream { plugin, stream: Stream::default() }
     }
 }
 
@@ -33,10 +30,7 @@ impl Context for HttpStream {}
 
 impl HttpContext for HttpStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        ENTROPY.with_borrow_mut(|entropy| {
-            self.stream
-                .on_request_headers(&self.plugin, &mut WasmHost, entropy)
-        });
+        ENTROPY.with_borrow_mut(|entropy| self.stream.on_request_headers(&self.plugin, &mut WasmHost, entropy));
         Action::Continue
     }
 

@@ -15,10 +15,7 @@ pub fn start() {
     proxy_wasm::set_log_level(LogLevel::Info);
     // Replaces the SDK's hook, which `unwrap`s inside the hook itself.
     std::panic::set_hook(Box::new(|info| {
-        abi::log(
-            LogLevel::Critical,
-            &format!("meshguard: panic (VM is now unusable): {info}"),
-        );
+        abi::log(LogLevel::Critical, &format!("meshguard: panic (VM is now unusable): {info}"));
     }));
     proxy_wasm::set_root_context(|_| Box::new(root::Root::default()));
 }

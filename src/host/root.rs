@@ -23,10 +23,7 @@ impl RootContext for Root {
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size) {
             Ok(bytes) => bytes.unwrap_or_default(),
             Err(status) => {
-                abi::log(
-                    LogLevel::Critical,
-                    &format!("meshguard: cannot read configuration: {status:?}"),
-                );
+                abi::log(LogLevel::Critical, &format!("meshguard: cannot read configuration: {status:?}"));
                 return false;
             }
         };
@@ -34,10 +31,7 @@ impl RootContext for Root {
             Ok(config) => config,
             Err(errors) => {
                 // All errors in one line; the plugin refuses to start and nothing is half applied.
-                abi::log(
-                    LogLevel::Critical,
-                    &format!("meshguard: invalid configuration: {}", errors.join("; ")),
-                );
+                abi::log(LogLevel::Critical, &format!("meshguard: invalid configuration: {}", errors.join("; ")));
                 return false;
             }
         };
@@ -52,10 +46,7 @@ impl RootContext for Root {
         true
     }
 
-    fn create_http_context(
-        &self,
-        _context_id: u32,
-    ) -> Option<Box<dyn proxy_wasm::traits::HttpContext>> {
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn proxy_wasm::traits::HttpContext>> {
         // Without a configuration (cannot happen after a successful on_configure) pass through.
         let plugin = self.plugin.clone().unwrap_or_default();
         Some(Box::new(HttpStream::new(plugin)))

@@ -12,9 +12,7 @@ pub struct WasmHost;
 
 impl Host for WasmHost {
     fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
-        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
     }
 
     fn set_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
@@ -23,9 +21,7 @@ impl Host for WasmHost {
     }
 
     fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
-        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
-            .ok()
-            .flatten()
+        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
     }
 
     fn set_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {

