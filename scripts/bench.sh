@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The load benchmark of the README: builds meshguard.wasm and the empty comparison filter,
+# installs wrk if missing, then runs benches/load.py (arguments are passed on, e.g. --rounds 8).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+if ! command -v wrk >/dev/null; then
+  echo "setup: installing wrk (apt-get)"
+  apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+fi
+cargo build --quiet --release --target wasm32-wasip1
+cargo build --quiet --release --target wasm32-wasip1 --manifest-path benches/empty-filter/Cargo.toml
+exec python3 benches/load.py "$@"
