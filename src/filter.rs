@@ -3,7 +3,7 @@
 //! stream end → log line. No proxy-wasm here: `host/` implements [`Host`] with real host calls,
 //! the tests below with a fake.
 
-use crate::config::{Config, LogLevel};
+use crate::config::{Config, Generator, LogLevel};
 use crate::correlation::{self, Outcome};
 use crate::ids::Entropy;
 use crate::logline::RequestLog;
@@ -105,8 +105,8 @@ impl Stream {
             Ok(id) => (id, Outcome::Kept),
             Err(outcome) => {
                 // Until trace context lands, `trace_id` generation gets a fresh trace-id-shaped id.
-                let trace_id = crate::ids::trace_id(entropy);
-                let id = correlation::generate(c, Some(&trace_id), || host.request_header("x-request-id"), entropy);
+                let trace_id = (c.generator == Generator::TraceId).then(|| crate::ids::trace_id(entropy));
+                let id = correlation::generate(c, trace_id.as_deref(), || host.request_header("x-request-id"), entropy);
                 (id, outcome)
             }
         };
