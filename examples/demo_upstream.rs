@@ -1,22 +1,31 @@
-//! The demo upstream of `scripts/run.sh`: echoes every request as JSON (`/status/503` answers
-//! 503, `?delay_ms=300` waits). Usage: `demo_upstream [127.0.0.1:8081]`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, dead_code)]
+//! The demo upstream of `scripts/run.sh` and the README: echoes every request as JSON
+//! (`/status/503` answers 503, `?delay_ms=300` waits 300 ms first).
+//!
+//! Usage: `cargo run --release --example demo_upstream [ADDR]`, ADDR defaulting to 127.0.0.1:8081.
 
+use std::process::ExitCode;
+
+// The integration tests' upstream (which frames HTTP with the client's code), so the demo behaves
+// exactly as the tests do; the demo needs only part of either module.
+#[allow(dead_code)]
 #[path = "../tests/support/http.rs"]
 mod http;
+#[allow(dead_code)]
 #[path = "../tests/support/upstream.rs"]
 mod upstream;
 
-fn main() {
+fn main() -> ExitCode {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8081".to_string());
-    let _upstream = match upstream::Upstream::start_on(&addr) {
-        Ok(u) => u,
+    let server = match upstream::Upstream::start_on(&addr) {
+        Ok(server) => server,
         Err(e) => {
             eprintln!("demo upstream: cannot listen on {addr}: {e}");
-            std::process::exit(1);
+            return ExitCode::FAILURE;
         }
     };
-    println!("demo upstream listening on http://{addr}");
+    // With port 0 the system picks the port: print the one actually bound.
+    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(host, _)| host);
+    println!("demo upstream listening on http://{host}:{}", server.port);
     loop {
         std::thread::park();
     }
