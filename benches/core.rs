@@ -6,23 +6,11 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use meshguard::config::{self, Correlation};
 use meshguard::correlation;
-use meshguard::ids::{self, Entropy};
+use meshguard::ids::{self, TestEntropy};
 use meshguard::logline::RequestLog;
 use meshguard::rules::{self, Facts};
 
 const SPEC_EXAMPLE: &str = include_str!("../tests/data/spec-example.json");
-
-struct Xorshift(u64);
-impl Entropy for Xorshift {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            *b = self.0 as u8;
-        }
-    }
-}
 
 struct Req<'a> {
     method: &'a [u8],
@@ -77,7 +65,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("correlation/check valid id", |b| {
         b.iter(|| correlation::check(black_box(Some(b"6b7c2a32-1b1f-4a44-9d1e-0f64e0f6f1a2".as_slice())), &corr))
     });
-    let mut entropy = Xorshift(0x9e37_79b9_7f4a_7c15);
+    let mut entropy = TestEntropy(0x9e37_79b9_7f4a_7c15);
     c.bench_function("ids/uuid4", |b| b.iter(|| ids::uuid4(&mut entropy)));
     c.bench_function("ids/trace_id", |b| b.iter(|| ids::trace_id(&mut entropy)));
 

@@ -56,11 +56,10 @@ fn nonzero(entropy: &mut impl Entropy, buf: &mut [u8]) {
     }
 }
 
-/// Deterministic entropy for tests: a counter-seeded xorshift, never for production ids.
-#[cfg(test)]
+/// Deterministic entropy for tests and benchmarks: a seeded xorshift, never for production ids.
+#[doc(hidden)]
 pub struct TestEntropy(pub u64);
 
-#[cfg(test)]
 impl Entropy for TestEntropy {
     fn fill(&mut self, buf: &mut [u8]) {
         for b in buf {
