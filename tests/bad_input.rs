@@ -78,6 +78,7 @@ fn every_worker_keeps_serving_after_hostile_requests() {
     let envoy = Envoy::start(ALL_READ, upstream.port);
     let hostile: Vec<Request> = vec![
         Request::get("/").header("x-correlation-id", b"\x01\x02"),
+        Request::get("/").header("x-correlation-id", b"\xc3\x28").header("x-request-id", b"\xff"),
         Request::get("/").header("x-correlation-id", b"\"},\"a\":\"\\"),
         Request::get("/").header("x-correlation-id", b""),
         Request::new("PURGE", "/p?\u{ff}=\u{fe}").header("host", b"[::1]:99999"),
