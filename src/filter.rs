@@ -13,12 +13,6 @@ use crate::rules::{self, Facts};
 /// A metric id handed out by the host.
 pub type MetricId = u32;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MetricKind {
-    Counter,
-    Gauge,
-}
-
 /// A host call that did not do what was asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostError(pub &'static str);
@@ -28,7 +22,6 @@ pub struct HostError(pub &'static str);
 pub trait Host {
     fn request_header(&mut self, name: &str) -> Option<Vec<u8>>;
     fn set_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError>;
-    fn response_header(&mut self, name: &str) -> Option<Vec<u8>>;
     fn set_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError>;
     /// A property such as `["xds", "route_name"]`; `None` when absent or unreadable.
     fn property(&mut self, path: &[&str]) -> Option<Vec<u8>>;
@@ -50,8 +43,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn define(config: &Config, mut define: impl FnMut(MetricKind, &str) -> Option<MetricId>) -> Metrics {
-        let mut counter = |name: &str, tags: &[(&str, &str)]| define(MetricKind::Counter, &metrics::name(name, tags));
+    /// `define_counter` registers one counter by its full stat name and returns its id.
+    pub fn define(config: &Config, mut define_counter: impl FnMut(&str) -> Option<MetricId>) -> Metrics {
+        let mut counter = |name: &str, tags: &[(&str, &str)]| define_counter(&metrics::name(name, tags));
         Metrics {
             requests: config.all_rules().map(|r| counter(metrics::REQUESTS_TOTAL, &[("rule", &r.name)])).collect(),
             correlation: Outcome::ALL.map(|o| counter(metrics::CORRELATION_TOTAL, &[("outcome", o.as_str())])),

@@ -52,9 +52,6 @@ impl Host for FakeHost {
         FakeHost::set(&mut self.request, name, value);
         Ok(())
     }
-    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
-        FakeHost::get(&self.response, name)
-    }
     fn set_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
         FakeHost::set(&mut self.response, name, value);
         Ok(())
@@ -78,7 +75,7 @@ impl Host for FakeHost {
 
 fn plugin(json: &str, host: &mut FakeHost) -> Plugin {
     let config = config::parse(json.as_bytes()).unwrap();
-    let metrics = Metrics::define(&config, |_, name| {
+    let metrics = Metrics::define(&config, |name| {
         host.names.push(name.to_string());
         Some(host.names.len() as MetricId - 1)
     });

@@ -9,7 +9,7 @@ use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType};
 
 use super::{abi, http::HttpStream};
 use crate::config;
-use crate::filter::{MetricKind, Metrics, Plugin};
+use crate::filter::{Metrics, Plugin};
 
 #[derive(Default)]
 pub struct Root {
@@ -35,13 +35,7 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let metrics = Metrics::define(&config, |kind, name| {
-            let kind = match kind {
-                MetricKind::Counter => MetricType::Counter,
-                MetricKind::Gauge => MetricType::Gauge,
-            };
-            hostcalls::define_metric(kind, name).ok()
-        });
+        let metrics = Metrics::define(&config, |name| hostcalls::define_metric(MetricType::Counter, name).ok());
         self.plugin = Some(Rc::new(Plugin { config, metrics }));
         true
     }

@@ -20,10 +20,6 @@ impl Host for WasmHost {
             .map_err(|_| HostError("cannot set request header"))
     }
 
-    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
-        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
-    }
-
     fn set_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
         hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value))
             .map_err(|_| HostError("cannot set response header"))
