@@ -40,13 +40,14 @@ pub fn uuid4(entropy: &mut impl Entropy) -> String {
 /// 16 random bytes in hex, never all zero (a W3C trace-id must not be).
 pub fn trace_id(entropy: &mut impl Entropy) -> String {
     let mut b = [0u8; 16];
-    nonzero(entropy, &mut b);
+    fill_nonzero(entropy, &mut b);
     let mut out = String::with_capacity(32);
     push_hex(&mut out, &b);
     out
 }
 
-fn nonzero(entropy: &mut impl Entropy, buf: &mut [u8]) {
+/// Fills `buf` with random bytes, never all zero (W3C ids must not be).
+pub fn fill_nonzero(entropy: &mut impl Entropy, buf: &mut [u8]) {
     entropy.fill(buf);
     if buf.iter().all(|&b| b == 0) {
         // Probability 2^-64 or less; a fixed non-zero byte keeps the id valid without looping.

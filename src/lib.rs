@@ -8,10 +8,12 @@
 pub mod config;
 pub mod correlation;
 pub mod filter;
+pub mod headers;
 pub mod ids;
 pub mod logline;
 pub mod metrics;
 pub mod rules;
+pub mod trace;
 
 #[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 mod host;
