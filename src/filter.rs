@@ -1,14 +1,16 @@
 //! The per-request flow, top to bottom, against the [`Host`] trait: request headers → facts →
-//! rule → correlation → (trace, breaker, dedup as they land) → forward; response headers → echo;
+//! rule → trace context → correlation → (breaker, dedup as they land) → forward; response headers → echo;
 //! stream end → log line. No proxy-wasm here: `host/` implements [`Host`] with real host calls,
 //! the tests below with a fake.
 
-use crate::config::{Config, Generator, LogLevel};
+use crate::config::{Config, LogLevel, TraceMode, TraceResponse};
 use crate::correlation::{self, Outcome};
+use crate::headers::HeaderMap;
 use crate::ids::Entropy;
 use crate::logline::RequestLog;
 use crate::metrics;
 use crate::rules::{self, Facts};
+use crate::trace::{self, Tracestate};
 
 /// A metric id handed out by the host.
 pub type MetricId = u32;
@@ -20,9 +22,15 @@ pub struct HostError(pub &'static str);
 /// Everything the flow needs from the proxy. Values are bytes: header values that are not UTF-8
 /// are legal on the wire, and must never take the VM down.
 pub trait Host {
-    fn request_header(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// Every request header line, in one host call.
+    fn request_headers(&mut self) -> HeaderMap;
+    /// Sets a request header, replacing every line of it.
     fn set_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError>;
+    /// Removes every line of a request header.
+    fn remove_request_header(&mut self, name: &str) -> Result<(), HostError>;
     fn set_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError>;
+    /// Adds a response header line, keeping the lines already there.
+    fn add_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError>;
     /// A property such as `["xds", "route_name"]`; `None` when absent or unreadable.
     fn property(&mut self, path: &[&str]) -> Option<Vec<u8>>;
     /// Filter state readable in access logs as `%FILTER_STATE(wasm.meshguard.<key>:PLAIN)%`.
@@ -39,6 +47,8 @@ pub struct Metrics {
     pub requests: Vec<Option<MetricId>>,
     /// `meshguard_correlation_total{outcome}`, in the order of [`Outcome::ALL`].
     pub correlation: [Option<MetricId>; 3],
+    /// `meshguard_trace_total{outcome}`, in the order of [`trace::Outcome::ALL`].
+    pub trace: [Option<MetricId>; 4],
     pub errors: Option<MetricId>,
 }
 
@@ -49,6 +59,7 @@ impl Metrics {
         Metrics {
             requests: config.all_rules().map(|r| counter(metrics::REQUESTS_TOTAL, &[("rule", &r.name)])).collect(),
             correlation: Outcome::ALL.map(|o| counter(metrics::CORRELATION_TOTAL, &[("outcome", o.as_str())])),
+            trace: trace::Outcome::ALL.map(|o| counter(metrics::TRACE_TOTAL, &[("outcome", o.as_str())])),
             errors: counter(metrics::ERRORS_TOTAL, &[]),
         }
     }
@@ -61,6 +72,11 @@ impl Metrics {
     fn correlation(&self, outcome: Outcome) -> Option<MetricId> {
         let index = Outcome::ALL.iter().position(|o| *o == outcome)?;
         self.correlation.get(index).copied().flatten()
+    }
+
+    fn trace(&self, outcome: trace::Outcome) -> Option<MetricId> {
+        let index = trace::Outcome::ALL.iter().position(|o| *o == outcome)?;
+        self.trace.get(index).copied().flatten()
     }
 }
 
@@ -75,6 +91,8 @@ pub struct Plugin {
 pub mod state {
     pub const CORRELATION_ID: &str = "meshguard.correlation_id";
     pub const RULE: &str = "meshguard.rule";
+    pub const TRACE_ID: &str = "meshguard.trace_id";
+    pub const SPAN_ID: &str = "meshguard.span_id";
 }
 
 /// One HTTP stream.
@@ -82,6 +100,8 @@ pub mod state {
 pub struct Stream {
     rule: Option<usize>,
     correlation_id: Option<String>,
+    /// The trace context the upstream received (`propagate` and `hop` modes).
+    trace: Option<trace::Context>,
     /// An internal error was counted and logged already for this stream.
     failed: bool,
 }
@@ -89,46 +109,75 @@ pub struct Stream {
 impl Stream {
     pub fn on_request_headers(&mut self, plugin: &Plugin, host: &mut impl Host, entropy: &mut impl Entropy) {
         let config = &plugin.config;
-        self.rule = rules::select(&config.rules, &mut LazyFacts::new(host));
+        let headers = host.request_headers();
+        self.rule = rules::select(&config.rules, &mut LazyFacts::new(&headers, host));
         let rule = config.rule(self.rule);
         increment(host, plugin.metrics.requests(config, self.rule));
 
+        let decision = trace::decide(&headers, &config.trace, entropy);
+        let trace_id = decision.as_ref().map(|d| d.context.trace_id_hex());
+
         let c = &config.correlation;
-        let incoming = host.request_header(&c.header);
-        let (id, outcome) = match correlation::check(incoming.as_deref(), c) {
+        let (id, outcome) = match correlation::check(headers.get(&c.header), c) {
             Ok(id) => (id, Outcome::Kept),
             Err(outcome) => {
-                // Until trace context lands, `trace_id` generation gets a fresh trace-id-shaped id.
-                let trace_id = (c.generator == Generator::TraceId).then(|| crate::ids::trace_id(entropy));
-                let id = correlation::generate(c, trace_id.as_deref(), || host.request_header("x-request-id"), entropy);
-                (id, outcome)
+                let request_id = || headers.get("x-request-id").map(<[u8]>::to_vec);
+                (correlation::generate(c, trace_id.as_deref(), request_id, entropy), outcome)
             }
         };
         increment(host, plugin.metrics.correlation(outcome));
+
         if outcome != Outcome::Kept {
-            if let Err(e) = host.set_request_header(&c.header, id.as_bytes()) {
-                self.internal_error(plugin, host, e, Some(&id));
-            }
+            let r = host.set_request_header(&c.header, id.as_bytes());
+            self.check(plugin, host, r, &id);
         }
-        for (key, value) in [(state::CORRELATION_ID, id.as_bytes()), (state::RULE, rule.name.as_bytes())] {
-            if let Err(e) = host.set_filter_state(key, value) {
-                self.internal_error(plugin, host, e, Some(&id));
+        if let Some(d) = &decision {
+            increment(host, plugin.metrics.trace(d.outcome));
+            if let Some(tp) = &d.traceparent {
+                let r = host.set_request_header("traceparent", tp.as_bytes());
+                self.check(plugin, host, r, &id);
             }
+            let r = match &d.tracestate {
+                Tracestate::Keep => Ok(()),
+                Tracestate::Set(ts) => host.set_request_header("tracestate", ts.as_bytes()),
+                Tracestate::Remove => host.remove_request_header("tracestate"),
+            };
+            self.check(plugin, host, r, &id);
         }
+        let r = host.set_filter_state(state::CORRELATION_ID, id.as_bytes());
+        self.check(plugin, host, r, &id);
+        let r = host.set_filter_state(state::RULE, rule.name.as_bytes());
+        self.check(plugin, host, r, &id);
+        if let (Some(d), Some(trace_id)) = (&decision, &trace_id) {
+            let r = host.set_filter_state(state::TRACE_ID, trace_id.as_bytes());
+            self.check(plugin, host, r, &id);
+            let r = host.set_filter_state(state::SPAN_ID, d.context.span_id_hex().as_bytes());
+            self.check(plugin, host, r, &id);
+        }
+        self.trace = decision.map(|d| d.context);
         self.correlation_id = Some(id);
     }
 
     pub fn on_response_headers(&mut self, plugin: &Plugin, host: &mut impl Host) {
-        let c = &plugin.config.correlation;
-        if !c.echo_downstream {
-            return;
-        }
         // No id: the request never reached this filter (e.g. Envoy rejected it first).
         let Some(id) = self.correlation_id.take() else {
             return;
         };
-        if let Err(e) = host.set_response_header(&c.header, id.as_bytes()) {
-            self.internal_error(plugin, host, e, Some(&id));
+        let config = &plugin.config;
+        if config.correlation.echo_downstream {
+            let r = host.set_response_header(&config.correlation.header, id.as_bytes());
+            self.check(plugin, host, r, &id);
+        }
+        if let Some(context) = &self.trace {
+            let r = match config.trace.traceresponse {
+                TraceResponse::Off => Ok(()),
+                TraceResponse::Header => host.set_response_header("traceresponse", context.traceparent().as_bytes()),
+                TraceResponse::ServerTiming => {
+                    let value = format!("trace;desc=\"{}\"", context.traceparent());
+                    host.add_response_header("server-timing", value.as_bytes())
+                }
+            };
+            self.check(plugin, host, r, &id);
         }
         self.correlation_id = Some(id);
     }
@@ -142,9 +191,17 @@ impl Stream {
         let Some(correlation_id) = self.correlation_id.as_deref() else {
             return;
         };
-        let method = host.request_header(":method");
-        let path = host.request_header(":path");
-        let authority = host.request_header(":authority");
+        let headers = host.request_headers();
+        // In `defer` mode the ids are the ones Envoy's tracer wrote into the upstream request.
+        let context = match self.trace {
+            Some(context) => Some(context),
+            None if config.trace.enabled && config.trace.mode == TraceMode::Defer => {
+                trace::from_upstream_headers(&headers)
+            }
+            None => None,
+        };
+        let trace_id = context.map(|c| c.trace_id_hex());
+        let span_id = context.map(|c| c.span_id_hex());
         let route_name = host.property(&["xds", "route_name"]);
         let cluster = host.property(&["xds", "cluster_name"]);
         let int = |bytes: Option<Vec<u8>>| -> Option<u64> { Some(u64::from_le_bytes(bytes?.try_into().ok()?)) };
@@ -153,11 +210,13 @@ impl Stream {
         let duration_ms = int(host.property(&["request", "duration"])).map(|ns| ns as f64 / 1e6);
         let line = RequestLog {
             correlation_id,
+            trace_id: trace_id.as_deref(),
+            span_id: span_id.as_deref(),
             rule: &config.rule(self.rule).name,
             route_name: route_name.as_deref(),
-            method: method.as_deref(),
-            path: path.as_deref(),
-            authority: authority.as_deref(),
+            method: headers.get(":method"),
+            path: headers.get(":path"),
+            authority: headers.get(":authority"),
             status,
             duration_ms,
             upstream_cluster: cluster.as_deref(),
@@ -169,14 +228,21 @@ impl Stream {
         host.log(config.log.level, &line);
     }
 
-    /// Fail open: the request goes on untouched; the error is counted and logged once.
-    fn internal_error(&mut self, plugin: &Plugin, host: &mut impl Host, error: HostError, id: Option<&str>) {
-        increment(host, plugin.metrics.errors);
-        if !self.failed {
-            self.failed = true;
-            let id = id.unwrap_or("-");
-            host.log(LogLevel::Error, &format!("meshguard: internal error: {} (correlation_id={id})", error.0));
+    fn check(&mut self, plugin: &Plugin, host: &mut impl Host, result: Result<(), HostError>, id: &str) {
+        if let Err(e) = result {
+            self.internal_error(plugin, host, e, Some(id));
         }
+    }
+
+    /// Fail open: the request goes on untouched; the error is counted and logged once per request.
+    fn internal_error(&mut self, plugin: &Plugin, host: &mut impl Host, error: HostError, id: Option<&str>) {
+        if self.failed {
+            return;
+        }
+        self.failed = true;
+        increment(host, plugin.metrics.errors);
+        let id = id.unwrap_or("-");
+        host.log(LogLevel::Error, &format!("meshguard: internal error: {} (correlation_id={id})", error.0));
     }
 }
 
@@ -186,31 +252,30 @@ fn increment(host: &mut impl Host, metric: Option<MetricId>) {
     }
 }
 
-/// Request facts read from the host on first use, then cached for the rest of matching.
-struct LazyFacts<'h, H: Host> {
-    host: &'h mut H,
-    method: Option<Option<Vec<u8>>>,
-    path: Option<Option<Vec<u8>>>,
-    authority: Option<Option<Vec<u8>>>,
+/// Request facts for rule matching: headers from the map read once, properties from the host on
+/// first use (each is a host call), then cached for the rest of matching.
+struct LazyFacts<'a, H: Host> {
+    headers: &'a HeaderMap,
+    host: &'a mut H,
     route_name: Option<Option<Vec<u8>>>,
     cluster: Option<Option<Vec<u8>>>,
 }
 
-impl<'h, H: Host> LazyFacts<'h, H> {
-    fn new(host: &'h mut H) -> Self {
-        LazyFacts { host, method: None, path: None, authority: None, route_name: None, cluster: None }
+impl<'a, H: Host> LazyFacts<'a, H> {
+    fn new(headers: &'a HeaderMap, host: &'a mut H) -> Self {
+        LazyFacts { headers, host, route_name: None, cluster: None }
     }
 }
 
 impl<H: Host> Facts for LazyFacts<'_, H> {
     fn method(&mut self) -> Option<&[u8]> {
-        self.method.get_or_insert_with(|| self.host.request_header(":method")).as_deref()
+        self.headers.get(":method")
     }
     fn path(&mut self) -> Option<&[u8]> {
-        self.path.get_or_insert_with(|| self.host.request_header(":path")).as_deref()
+        self.headers.get(":path")
     }
     fn authority(&mut self) -> Option<&[u8]> {
-        self.authority.get_or_insert_with(|| self.host.request_header(":authority")).as_deref()
+        self.headers.get(":authority")
     }
     fn route_name(&mut self) -> Option<&[u8]> {
         self.route_name.get_or_insert_with(|| self.host.property(&["xds", "route_name"])).as_deref()

@@ -5,6 +5,7 @@
 
 pub const REQUESTS_TOTAL: &str = "meshguard_requests_total";
 pub const CORRELATION_TOTAL: &str = "meshguard_correlation_total";
+pub const TRACE_TOTAL: &str = "meshguard_trace_total";
 pub const ERRORS_TOTAL: &str = "meshguard_errors_total";
 
 /// The stat name for `metric` with `tags` (name, value) encoded in order.

@@ -327,6 +327,10 @@ fn parse_value(value: &Value, errors: &mut Errors) -> Option<Config> {
     let correlation = parse_correlation(map.get("correlation"), errors);
     let trace = parse_trace(map.get("trace"), errors);
     let log = parse_log(map.get("log"), errors);
+    if correlation.generator == Generator::TraceId && (!trace.enabled || trace.mode == TraceMode::Defer) {
+        // In `defer` mode the trace-id is Envoy's, chosen after meshguard has to set the header.
+        errors.add("correlation.generator", "\"trace_id\" needs trace.enabled and trace.mode \"propagate\" or \"hop\"");
+    }
     let circuit_breaker = section(map.get("circuit_breaker"), "circuit_breaker", None, errors, parse_breaker);
     let dedup = section(map.get("dedup"), "dedup", None, errors, parse_dedup);
     let rules = match map.get("routes") {
@@ -360,6 +364,10 @@ fn fields<'v, 'e>(
     Some(Fields { map, path: path.to_string(), errors })
 }
 
+/// Headers the trace-context code owns; the correlation id cannot live in one of them.
+const TRACE_HEADERS: &[&str] =
+    &["traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags"];
+
 fn parse_correlation(value: Option<&Value>, errors: &mut Errors) -> Correlation {
     let mut c = Correlation::default();
     const KEYS: &[&str] = &["header", "generator", "echo_downstream", "max_length"];
@@ -369,6 +377,9 @@ fn parse_correlation(value: Option<&Value>, errors: &mut Errors) -> Correlation 
     if let Some(header) = f.str("header") {
         match header_name_problem(header) {
             None if header.starts_with(':') => f.error("header", "must not be a pseudo-header"),
+            None if TRACE_HEADERS.contains(&header.to_ascii_lowercase().as_str()) => {
+                f.error("header", "must not be a trace-context header")
+            }
             None => c.header = header.to_ascii_lowercase(),
             Some(problem) => f.error("header", problem),
         }

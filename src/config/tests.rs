@@ -236,3 +236,21 @@ fn limits_are_enforced() {
         vec!["circuit_breaker.window.size: must be at most 600s"]
     );
 }
+
+#[test]
+fn trace_id_generator_needs_a_trace_id_meshguard_chooses() {
+    let expected = "correlation.generator: \"trace_id\" needs trace.enabled and trace.mode \"propagate\" or \"hop\"";
+    for trace in [r#"{"mode": "defer"}"#, r#"{"enabled": false}"#] {
+        let json = format!(r#"{{"correlation": {{"generator": "trace_id"}}, "trace": {trace}}}"#);
+        assert_eq!(errors(&json), vec![expected.to_string()]);
+    }
+    assert!(parse(br#"{"correlation": {"generator": "trace_id"}, "trace": {"mode": "hop"}}"#).is_ok());
+}
+
+#[test]
+fn correlation_header_cannot_be_a_trace_header() {
+    for header in ["traceparent", "TraceState", "b3", "x-b3-traceid"] {
+        let json = format!(r#"{{"correlation": {{"header": "{header}"}}}}"#);
+        assert_eq!(errors(&json), vec!["correlation.header: must not be a trace-context header".to_string()]);
+    }
+}

@@ -19,6 +19,7 @@ struct FakeHost {
     logs: Vec<(LogLevel, String)>,
     fail_writes: bool,
     property_reads: Vec<String>,
+    header_reads: usize,
 }
 
 impl FakeHost {
@@ -42,8 +43,17 @@ impl FakeHost {
 }
 
 impl Host for FakeHost {
-    fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
-        FakeHost::get(&self.request, name)
+    fn request_headers(&mut self) -> HeaderMap {
+        self.header_reads += 1;
+        HeaderMap::from_pairs(&self.request)
+    }
+    fn remove_request_header(&mut self, name: &str) -> Result<(), HostError> {
+        self.request.retain(|(k, _)| k != name);
+        Ok(())
+    }
+    fn add_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        self.response.push((name.to_string(), value.to_vec()));
+        Ok(())
     }
     fn set_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
         if self.fail_writes {
@@ -105,6 +115,10 @@ fn metrics_are_defined_once_per_rule_and_outcome() {
             "outcome=.=kept;.;meshguard_correlation_total",
             "outcome=.=generated;.;meshguard_correlation_total",
             "outcome=.=replaced_invalid;.;meshguard_correlation_total",
+            "outcome=.=propagated;.;meshguard_trace_total",
+            "outcome=.=started;.;meshguard_trace_total",
+            "outcome=.=restarted_invalid;.;meshguard_trace_total",
+            "outcome=.=from_b3;.;meshguard_trace_total",
             "meshguard_errors_total",
         ]
     );
@@ -224,4 +238,127 @@ fn failing_host_write_fails_open_counted_and_logged_once() {
     // The stream goes on: the id still reaches filter state and the response.
     stream.on_response_headers(&plugin, &mut host);
     assert!(FakeHost::get(&host.response, "x-correlation-id").is_some());
+}
+
+const TP: &[u8] = b"00-12345678901234567890123456789012-1234567890123456-01";
+
+fn all(list: &[(String, Vec<u8>)], name: &str) -> Vec<String> {
+    list.iter().filter(|(k, _)| k == name).map(|(_, v)| String::from_utf8(v.clone()).unwrap()).collect()
+}
+
+#[test]
+fn request_headers_are_read_once_per_request() {
+    let (host, _) = run(r#"{"routes": [{"name": "h", "match": {"prefix": "/h", "methods": ["GET"]}}]}"#, &[(":path", b"/h")]);
+    assert_eq!(host.header_reads, 1);
+}
+
+#[test]
+fn new_trace_goes_upstream_with_ids_in_filter_state_and_stats() {
+    let (host, _) = run("{}", &[]);
+    let tp = all(&host.request, "traceparent");
+    assert_eq!(tp.len(), 1);
+    let trace_id = host.state_str(state::TRACE_ID).unwrap();
+    let span_id = host.state_str(state::SPAN_ID).unwrap();
+    assert_eq!(tp[0], format!("00-{trace_id}-{span_id}-03"));
+    assert_eq!(host.counter("outcome=.=started;.;meshguard_trace_total"), 1);
+    assert_eq!(host.counter("outcome=.=propagated;.;meshguard_trace_total"), 0);
+}
+
+#[test]
+fn propagate_leaves_a_valid_traceparent_alone_and_hop_replaces_the_parent() {
+    let (host, _) = run("{}", &[("traceparent", TP)]);
+    assert_eq!(all(&host.request, "traceparent"), vec![String::from_utf8(TP.to_vec()).unwrap()]);
+    assert_eq!(host.state_str(state::SPAN_ID).as_deref(), Some("1234567890123456"));
+    assert_eq!(host.counter("outcome=.=propagated;.;meshguard_trace_total"), 1);
+
+    let (host, _) = run(r#"{"trace": {"mode": "hop"}}"#, &[("traceparent", TP)]);
+    let tp = all(&host.request, "traceparent");
+    let span_id = host.state_str(state::SPAN_ID).unwrap();
+    assert_ne!(span_id, "1234567890123456");
+    assert_eq!(tp, vec![format!("00-12345678901234567890123456789012-{span_id}-01")]);
+}
+
+#[test]
+fn tracestate_lines_are_combined_or_removed_upstream() {
+    let (host, _) = run("{}", &[("traceparent", TP), ("tracestate", b"a=1"), ("tracestate", b"b=2")]);
+    assert_eq!(all(&host.request, "tracestate"), vec!["a=1,b=2"]);
+    let (host, _) = run("{}", &[("traceparent", TP), ("tracestate", b"a=1,a=2")]);
+    assert!(all(&host.request, "tracestate").is_empty());
+    let (host, _) = run("{}", &[("tracestate", b"a=1")]);
+    assert!(all(&host.request, "tracestate").is_empty(), "dropped on restart");
+}
+
+#[test]
+fn duplicated_traceparent_lines_become_one_new_trace() {
+    let (host, _) = run("{}", &[("traceparent", TP), ("traceparent", TP)]);
+    let tp = all(&host.request, "traceparent");
+    assert_eq!(tp.len(), 1);
+    assert!(!tp[0].contains("12345678901234567890123456789012"));
+    assert_eq!(host.counter("outcome=.=restarted_invalid;.;meshguard_trace_total"), 1);
+}
+
+#[test]
+fn trace_id_generator_uses_the_trace_id_upstream_received() {
+    let (host, _) = run(r#"{"correlation": {"generator": "trace_id"}}"#, &[("traceparent", TP)]);
+    assert_eq!(FakeHost::get(&host.request, "x-correlation-id").unwrap(), b"12345678901234567890123456789012");
+    let (host, _) = run(r#"{"correlation": {"generator": "trace_id"}}"#, &[]);
+    let trace_id = host.state_str(state::TRACE_ID).unwrap();
+    assert_eq!(host.state_str(state::CORRELATION_ID).unwrap(), trace_id);
+}
+
+#[test]
+fn traceresponse_header_and_server_timing_forms() {
+    let (host, _) = run(r#"{"trace": {"traceresponse": true, "mode": "hop"}}"#, &[("traceparent", TP)]);
+    let span_id = host.state_str(state::SPAN_ID).unwrap();
+    assert_eq!(all(&host.response, "traceresponse"), vec![format!("00-12345678901234567890123456789012-{span_id}-01")]);
+
+    let mut host = FakeHost::with_request(&[("traceparent", TP)]);
+    host.response.push(("server-timing".into(), b"db;dur=53".to_vec()));
+    let plugin = plugin(r#"{"trace": {"traceresponse": "server-timing"}}"#, &mut host);
+    let mut stream = Stream::default();
+    stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
+    stream.on_response_headers(&plugin, &mut host);
+    assert_eq!(
+        all(&host.response, "server-timing"),
+        vec!["db;dur=53".to_string(), format!("trace;desc=\"{}\"", String::from_utf8(TP.to_vec()).unwrap())]
+    );
+    assert!(all(&host.response, "traceresponse").is_empty());
+
+    let (host, _) = run("{}", &[("traceparent", TP)]);
+    assert!(all(&host.response, "traceresponse").is_empty(), "off by default");
+}
+
+#[test]
+fn disabled_trace_touches_no_trace_header() {
+    let (host, _) = run(r#"{"trace": {"enabled": false}}"#, &[("tracestate", b"a=1,a=1")]);
+    assert!(all(&host.request, "traceparent").is_empty());
+    assert_eq!(all(&host.request, "tracestate"), vec!["a=1,a=1"]);
+    assert!(host.state_str(state::TRACE_ID).is_none());
+    assert_eq!(host.counter("outcome=.=started;.;meshguard_trace_total"), 0);
+}
+
+#[test]
+fn defer_leaves_headers_to_envoy_and_logs_what_the_upstream_received() {
+    let json = r#"{"trace": {"mode": "defer"}, "log": {"requests": true}}"#;
+    let mut host = FakeHost::with_request(&[("tracestate", b"a=1,a=1")]);
+    let plugin = plugin(json, &mut host);
+    let mut stream = Stream::default();
+    stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
+    assert!(all(&host.request, "traceparent").is_empty());
+    assert_eq!(all(&host.request, "tracestate"), vec!["a=1,a=1"]);
+    assert!(host.state_str(state::TRACE_ID).is_none());
+    // Envoy's router writes its tracer's context into the upstream request.
+    host.request.push(("traceparent".into(), b"00-abcdefabcdefabcdefabcdefabcdefab-0123456789abcdef-01".to_vec()));
+    stream.on_log(&plugin, &mut host);
+    let v: serde_json::Value = serde_json::from_str(&host.logs[0].1).unwrap();
+    assert_eq!(v["trace_id"], "abcdefabcdefabcdefabcdefabcdefab");
+    assert_eq!(v["span_id"], "0123456789abcdef");
+}
+
+#[test]
+fn log_line_carries_the_trace_ids() {
+    let (host, _) = run(r#"{"log": {"requests": true}}"#, &[("traceparent", TP)]);
+    let v: serde_json::Value = serde_json::from_str(&host.logs[0].1).unwrap();
+    assert_eq!(v["trace_id"], "12345678901234567890123456789012");
+    assert_eq!(v["span_id"], "1234567890123456");
 }

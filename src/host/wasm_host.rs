@@ -6,18 +6,29 @@ use proxy_wasm::types::{LogLevel as WasmLevel, MapType};
 use super::abi;
 use crate::config::LogLevel;
 use crate::filter::{Host, HostError, MetricId};
+use crate::headers::HeaderMap;
 
 /// Host calls for the current stream (proxy-wasm sets the effective context before each callback).
 pub struct WasmHost;
 
 impl Host for WasmHost {
-    fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
-        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
+    fn request_headers(&mut self) -> HeaderMap {
+        HeaderMap::from_serialized(abi::header_map(MapType::HttpRequestHeaders).unwrap_or_default())
     }
 
     fn set_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
         hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value))
             .map_err(|_| HostError("cannot set request header"))
+    }
+
+    fn remove_request_header(&mut self, name: &str) -> Result<(), HostError> {
+        hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, None)
+            .map_err(|_| HostError("cannot remove request header"))
+    }
+
+    fn add_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, name, value)
+            .map_err(|_| HostError("cannot add response header"))
     }
 
     fn set_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
