@@ -365,8 +365,16 @@ fn fields<'v, 'e>(
 }
 
 /// Headers the trace-context code owns; the correlation id cannot live in one of them.
-const TRACE_HEADERS: &[&str] =
-    &["traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags"];
+const TRACE_HEADERS: &[&str] = &[
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+];
 
 fn parse_correlation(value: Option<&Value>, errors: &mut Errors) -> Correlation {
     let mut c = Correlation::default();

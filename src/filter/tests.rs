@@ -248,7 +248,8 @@ fn all(list: &[(String, Vec<u8>)], name: &str) -> Vec<String> {
 
 #[test]
 fn request_headers_are_read_once_per_request() {
-    let (host, _) = run(r#"{"routes": [{"name": "h", "match": {"prefix": "/h", "methods": ["GET"]}}]}"#, &[(":path", b"/h")]);
+    let (host, _) =
+        run(r#"{"routes": [{"name": "h", "match": {"prefix": "/h", "methods": ["GET"]}}]}"#, &[(":path", b"/h")]);
     assert_eq!(host.header_reads, 1);
 }
 

@@ -4,6 +4,8 @@
 //! - `/status/NNN` (or the query parameter `status=NNN`) answers with status NNN, any of 200-599;
 //!   anything else answers 200.
 //! - The query parameter `delay_ms=N` waits N ms (at most a minute) before answering.
+//! - The query parameter `server_timing=V` adds a `server-timing: V` response header (V as sent,
+//!   without percent-decoding).
 //! - The body is `{"method", "path" (with the query), "headers": {lower-case name: value, repeated
 //!   lines joined with ", "}, "body_len"}`, sent as `application/json` with a content-length
 //!   (except where HTTP forbids a body: HEAD, 204 and 304 answer with the head alone).
@@ -269,6 +271,9 @@ fn response(request: &Received, status: u16, keep_alive: bool) -> Vec<u8> {
     // A 204 must not carry a content-length; HEAD and 304 send the length of the body they omit.
     if status != 204 {
         out.extend_from_slice(format!("content-length: {}\r\n", echo.len()).as_bytes());
+    }
+    if let Some(timing) = query_param(&request.path, "server_timing") {
+        out.extend_from_slice(format!("server-timing: {timing}\r\n").as_bytes());
     }
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
