@@ -26,11 +26,13 @@ pub struct Options<'a> {
     pub upstream_port: u16,
     pub concurrency: u32,
     pub bootstrap: &'a str,
+    /// Ports for lines marked `# test: port=NAME`.
+    pub ports: Vec<(&'a str, u16)>,
 }
 
 impl<'a> Options<'a> {
     pub fn new(plugin_config: &'a str, upstream_port: u16) -> Self {
-        Options { plugin_config, upstream_port, concurrency: 2, bootstrap: "envoy/envoy.yaml" }
+        Options { plugin_config, upstream_port, concurrency: 2, bootstrap: "envoy/envoy.yaml", ports: Vec::new() }
     }
 }
 
@@ -69,6 +71,11 @@ pub fn render_bootstrap(opts: &Options, admin_port: u16, listener_port: u16) -> 
             Some("admin-port") => out.push_str(&replace_port(line, admin_port)),
             Some("listener-port") => out.push_str(&replace_port(line, listener_port)),
             Some("upstream-port") => out.push_str(&replace_port(line, opts.upstream_port)),
+            Some(m) if m.starts_with("port=") => {
+                let name = &m["port=".len()..];
+                let port = opts.ports.iter().find(|(n, _)| *n == name).map_or(0, |(_, p)| *p);
+                out.push_str(&replace_port(line, port));
+            }
             Some("wasm-file") => {
                 let indent = &line[..line.len() - line.trim_start().len()];
                 out.push_str(&format!("{indent}filename: {}\n", wasm_path().display()));
@@ -170,9 +177,14 @@ impl Envoy {
     }
 
     fn listener_port(&self) -> Option<u16> {
+        self.listener("ingress")
+    }
+
+    /// The port Envoy bound for the listener `name`.
+    pub fn listener(&self, name: &str) -> Option<u16> {
         let listeners: serde_json::Value = serde_json::from_str(&self.admin_get("/listeners?format=json")?).ok()?;
         let statuses = listeners["listener_statuses"].as_array()?;
-        let ingress = statuses.iter().find(|l| l["name"] == "ingress")?;
+        let ingress = statuses.iter().find(|l| l["name"] == name)?;
         let port = ingress["local_address"]["socket_address"]["port_value"].as_u64()?;
         u16::try_from(port).ok().filter(|p| *p != 0)
     }

@@ -10,13 +10,18 @@
 //!   lines joined with ", "}, "body_len"}`, sent as `application/json` with a content-length
 //!   (except where HTTP forbids a body: HEAD, 204 and 304 answer with the head alone).
 //!
+//! - As the "uninstrumented service" of the W3C trace-context test suite (after
+//!   [`Upstream::relay_to`]): a `POST` whose body is a JSON array of `{"url", "arguments"}`
+//!   makes it `POST` each `arguments` to each `url` through the relay port (the service's outbound
+//!   sidecar), copying every `traceparent` and `tracestate` line it received, before it answers.
+//!
 //! HTTP/1.1 with keep-alive, as Envoy pools upstream connections; a thread per connection. Odd
 //! input never panics: a malformed request gets a 400 and the connection is closed.
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -70,6 +75,8 @@ struct Shared {
     accepted: AtomicUsize,
     /// The open connections by id, so that `Drop` can shut them down.
     open: Mutex<HashMap<usize, TcpStream>>,
+    /// Port of the outbound sidecar for W3C-suite callbacks; 0 when not relaying.
+    relay: AtomicU16,
 }
 
 /// A poisoned lock only means another connection thread panicked; the data is still usable.
@@ -94,6 +101,12 @@ impl Upstream {
             thread::Builder::new().name("upstream-accept".into()).spawn(move || accept_loop(&listener, &shared))?
         };
         Ok(Upstream { port: addr.port(), addr, shared, acceptor: Some(acceptor) })
+    }
+
+    /// From now on, act as the W3C suite's service and call back through `port` (the service's
+    /// outbound sidecar).
+    pub fn relay_to(&self, port: u16) {
+        self.shared.relay.store(port, Ordering::SeqCst);
     }
 
     /// Requests received so far (counted on arrival, before any `delay_ms`).
@@ -194,6 +207,10 @@ fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
         let Request { received, keep_alive } = request;
         let status = requested_status(&received.path);
         let delay = query_param(&received.path, "delay_ms").and_then(|ms| ms.parse().ok()).map(Duration::from_millis);
+        match shared.relay.load(Ordering::SeqCst) {
+            0 => {}
+            port => relay(&received, port),
+        }
         let response = response(&received, status, keep_alive);
         lock(&shared.received).push(received);
         if let Some(delay) = delay {
@@ -205,6 +222,29 @@ fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
         if !keep_alive {
             return Ok(());
         }
+    }
+}
+
+/// The W3C test service's job: call each `url` of the JSON body with its `arguments`, through the
+/// outbound sidecar on `port`, copying the trace headers received (every line, in order).
+fn relay(received: &Received, port: u16) {
+    let Ok(serde_json::Value::Array(calls)) = serde_json::from_slice(&received.body) else {
+        return;
+    };
+    for call in calls {
+        let Some(url) = call["url"].as_str() else { continue };
+        let rest = url.strip_prefix("http://").unwrap_or(url);
+        let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+        let mut request = http::Request::post(&path)
+            .header("host", authority)
+            .header("content-type", "application/json")
+            .body(call["arguments"].to_string());
+        for name in ["traceparent", "tracestate"] {
+            for value in http::values(&received.headers, name) {
+                request = request.header(name, value);
+            }
+        }
+        let _ = http::send(port, &request);
     }
 }
 
