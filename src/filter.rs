@@ -3,6 +3,8 @@
 //! stream end → log line. No proxy-wasm here: `host/` implements [`Host`] with real host calls,
 //! the tests below with a fake.
 
+use std::cell::Cell;
+
 use crate::config::{Config, LogLevel, TraceMode, TraceResponse};
 use crate::correlation::{self, Outcome};
 use crate::headers::HeaderMap;
@@ -85,6 +87,15 @@ impl Metrics {
 pub struct Plugin {
     pub config: Config,
     pub metrics: Metrics,
+    /// The first traced stream of this worker has checked whether an Envoy tracer rewrote the
+    /// trace headers after meshguard (see [`Stream::on_log`]).
+    tracer_checked: Cell<bool>,
+}
+
+impl Plugin {
+    pub fn new(config: Config, metrics: Metrics) -> Plugin {
+        Plugin { config, metrics, tracer_checked: Cell::new(false) }
+    }
 }
 
 /// Filter-state keys, under Envoy's `wasm.` prefix.
@@ -185,6 +196,9 @@ impl Stream {
     /// The stream is complete (also after resets and local replies).
     pub fn on_log(&mut self, plugin: &Plugin, host: &mut impl Host) {
         let config = &plugin.config;
+        if let Some(context) = self.trace.filter(|_| !plugin.tracer_checked.replace(true)) {
+            check_envoy_tracer(host, &context);
+        }
         if !config.log.requests {
             return;
         }
@@ -243,6 +257,25 @@ impl Stream {
         increment(host, plugin.metrics.errors);
         let id = id.unwrap_or("-");
         host.log(LogLevel::Error, &format!("meshguard: internal error: {} (correlation_id={id})", error.0));
+    }
+}
+
+/// Once per worker: the request headers as the upstream received them still carry meshguard's
+/// trace? Envoy's tracers write theirs at the router, after meshguard; then two traces of one
+/// request exist (or meshguard logs ids the upstream never saw), and `trace.mode: "defer"` is the
+/// fix. Checking every request would cost a header read each; one is enough to tell the operator.
+fn check_envoy_tracer(host: &mut impl Host, ours: &trace::Context) {
+    let sent = host.request_headers();
+    let Some(theirs) = trace::from_upstream_headers(&sent) else {
+        return;
+    };
+    let b3_differs = sent.get("x-b3-traceid").is_some_and(|b3| !ours.trace_id_hex().as_bytes().ends_with(b3));
+    if theirs.trace_id != ours.trace_id || theirs.parent_id != ours.parent_id || b3_differs {
+        host.log(
+            LogLevel::Warn,
+            "meshguard: an Envoy tracer rewrote the trace headers after meshguard (two traces per request); \
+             set trace.mode to \"defer\" when Envoy tracing is on",
+        );
     }
 }
 

@@ -35,6 +35,7 @@ fn new_trace_reaches_upstream_access_log_and_stats() {
     let line = envoy.access_log_for(&id);
     assert_eq!((line["trace_id"].as_str(), line["span_id"].as_str()), (Some(&*trace_id), Some(&*span_id)));
     envoy.wait_metric(r#"meshguard_trace_total{outcome="started"}"#, 1.0);
+    assert!(!envoy.meshguard_lines().iter().any(|l| l.contains("Envoy tracer")), "no tracer, no warning");
 }
 
 #[test]

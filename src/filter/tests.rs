@@ -89,7 +89,7 @@ fn plugin(json: &str, host: &mut FakeHost) -> Plugin {
         host.names.push(name.to_string());
         Some(host.names.len() as MetricId - 1)
     });
-    Plugin { config, metrics }
+    Plugin::new(config, metrics)
 }
 
 fn run(json: &str, request: &[(&str, &[u8])]) -> (FakeHost, Stream) {
@@ -248,9 +248,18 @@ fn all(list: &[(String, Vec<u8>)], name: &str) -> Vec<String> {
 
 #[test]
 fn request_headers_are_read_once_per_request() {
-    let (host, _) =
-        run(r#"{"routes": [{"name": "h", "match": {"prefix": "/h", "methods": ["GET"]}}]}"#, &[(":path", b"/h")]);
-    assert_eq!(host.header_reads, 1);
+    let mut host = FakeHost::with_request(&[(":path", b"/h")]);
+    let plugin = plugin(r#"{"routes": [{"name": "h", "match": {"prefix": "/h", "methods": ["GET"]}}]}"#, &mut host);
+    let mut reads = Vec::new();
+    for _ in 0..3 {
+        let mut stream = Stream::default();
+        stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
+        stream.on_response_headers(&plugin, &mut host);
+        stream.on_log(&plugin, &mut host);
+        reads.push(host.header_reads);
+    }
+    // The first stream of a worker reads them once more, to check for an Envoy tracer.
+    assert_eq!(reads, vec![2, 3, 4]);
 }
 
 #[test]
@@ -362,4 +371,24 @@ fn log_line_carries_the_trace_ids() {
     let v: serde_json::Value = serde_json::from_str(&host.logs[0].1).unwrap();
     assert_eq!(v["trace_id"], "12345678901234567890123456789012");
     assert_eq!(v["span_id"], "1234567890123456");
+}
+
+#[test]
+fn a_tracer_rewriting_trace_headers_is_reported_once_per_worker() {
+    let mut host = FakeHost::with_request(&[("traceparent", TP)]);
+    let plugin = plugin("{}", &mut host);
+    for _ in 0..3 {
+        let mut stream = Stream::default();
+        stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
+        // What Envoy's OpenTelemetry tracer does at the router.
+        FakeHost::set(&mut host.request, "traceparent", b"00-12345678901234567890123456789012-aaaaaaaaaaaaaaaa-01");
+        stream.on_log(&plugin, &mut host);
+    }
+    let warnings: Vec<_> = host.logs.iter().filter(|(l, _)| *l == LogLevel::Warn).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].1.contains("defer"));
+
+    // Untouched headers: nothing to say.
+    let (host, _) = run("{}", &[("traceparent", TP)]);
+    assert!(host.logs.is_empty(), "{:?}", host.logs);
 }

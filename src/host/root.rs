@@ -36,7 +36,7 @@ impl RootContext for Root {
             }
         };
         let metrics = Metrics::define(&config, |name| hostcalls::define_metric(MetricType::Counter, name).ok());
-        self.plugin = Some(Rc::new(Plugin { config, metrics }));
+        self.plugin = Some(Rc::new(Plugin::new(config, metrics)));
         true
     }
 

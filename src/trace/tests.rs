@@ -394,7 +394,8 @@ fn b3_headers_continue_the_trace_when_traceparent_is_absent_or_invalid() {
     const T128: &str = "463ac35c9f6413ad48485a3953bb6124";
     const SPAN: &str = "a2fb4a1d1a96d312";
     // (name, headers, trace-id, sampled)
-    let cases: &[(&str, &[(&str, &str)], &str, u8)] = &[
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, u8);
+    let cases: &[Case] = &[
         ("single 128", &[("b3", "463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312-1")], T128, SAMPLED),
         ("single 64 padded", &[("b3", "48485a3953bb6124-a2fb4a1d1a96d312-0")], "000000000000000048485a3953bb6124", 0),
         (

@@ -28,11 +28,25 @@ pub struct Options<'a> {
     pub bootstrap: &'a str,
     /// Ports for lines marked `# test: port=NAME`.
     pub ports: Vec<(&'a str, u16)>,
+    /// YAML inserted into the `ingress` HTTP connection manager (e.g. a `tracing:` block), indented
+    /// as its `stat_prefix` line.
+    pub hcm: Option<&'a str>,
+    /// YAML appended to the bootstrap's `clusters:` list (which ends the file), as list items
+    /// indented by four spaces.
+    pub clusters: Option<&'a str>,
 }
 
 impl<'a> Options<'a> {
     pub fn new(plugin_config: &'a str, upstream_port: u16) -> Self {
-        Options { plugin_config, upstream_port, concurrency: 2, bootstrap: "envoy/envoy.yaml", ports: Vec::new() }
+        Options {
+            plugin_config,
+            upstream_port,
+            concurrency: 2,
+            bootstrap: "envoy/envoy.yaml",
+            ports: Vec::new(),
+            hcm: None,
+            clusters: None,
+        }
     }
 }
 
@@ -83,11 +97,21 @@ pub fn render_bootstrap(opts: &Options, admin_port: u16, listener_port: u16) -> 
             _ => {
                 out.push_str(line);
                 out.push('\n');
+                if let (Some(hcm), true) = (opts.hcm, line.trim() == "stat_prefix: ingress") {
+                    let indent = &line[..line.len() - line.trim_start().len()];
+                    for l in hcm.lines() {
+                        out.push_str(&format!("{indent}{l}\n"));
+                    }
+                }
             }
         }
         if let Some(m) = marker {
             seen.push(m.to_string());
         }
+    }
+    if let Some(clusters) = opts.clusters {
+        out.push_str(clusters);
+        out.push('\n');
     }
     for required in ["admin-port", "listener-port", "upstream-port", "wasm-file", "config-begin", "config-end"] {
         assert!(seen.iter().any(|s| s == required), "{}: marker `# test: {required}` missing", opts.bootstrap);

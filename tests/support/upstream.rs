@@ -232,13 +232,13 @@ fn relay(received: &Received, port: u16) {
         return;
     };
     for call in calls {
-        let Some(url) = call["url"].as_str() else { continue };
+        let Some(url) = call.get("url").and_then(serde_json::Value::as_str) else { continue };
         let rest = url.strip_prefix("http://").unwrap_or(url);
         let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
         let mut request = http::Request::post(&path)
             .header("host", authority)
             .header("content-type", "application/json")
-            .body(call["arguments"].to_string());
+            .body(call.get("arguments").map_or_else(|| "[]".to_string(), serde_json::Value::to_string));
         for name in ["traceparent", "tracestate"] {
             for value in http::values(&received.headers, name) {
                 request = request.header(name, value);
