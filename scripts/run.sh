@@ -33,6 +33,8 @@ in front of the demo upstream on 127.0.0.1:8081. Try:
   curl -si http://127.0.0.1:10000/hello                                  # a correlation id is generated and echoed
   curl -si http://127.0.0.1:10000/hello -H 'x-correlation-id: order-42'  # kept as is
   curl -si -X POST http://127.0.0.1:10000/charge                         # rule "payments" (route payments-v1)
+  curl -s http://127.0.0.1:10000/hello -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
+                                                                         # trace continued (echo shows what the upstream got)
   curl -s  http://127.0.0.1:9901/stats/prometheus | grep ^meshguard      # meshguard's metrics
 
 Each request prints an access-log line (JSON, with the filter-state ids) and, with
