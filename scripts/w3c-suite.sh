@@ -8,7 +8,7 @@
 # Usage: scripts/w3c-suite.sh PATH/TO/trace-context/test [TEST NAMES...]
 # (clone https://github.com/w3c/trace-context first; it needs Python 3 and `aiohttp`).
 # Without a path it starts the setup and waits, so the suite can be run by hand with
-#   STRICT_LEVEL=2 python3 test.py http://127.0.0.1:10010/test
+#   STRICT_LEVEL=2 SPEC_LEVEL=2 python3 test.py http://127.0.0.1:10010/test
 # tests/w3c.rs runs the suite's cases in the same shape as part of the test command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,5 +36,5 @@ if [ -z "$suite" ]; then
   echo "service endpoint: http://127.0.0.1:10010/test (harness expected on 127.0.0.1:7777); Ctrl-C stops"
   wait -n "${pids[@]}"
 else
-  (cd "$suite" && STRICT_LEVEL=2 python3 test.py http://127.0.0.1:10010/test "$@")
+  (cd "$suite" && STRICT_LEVEL=2 SPEC_LEVEL=2 python3 test.py http://127.0.0.1:10010/test "$@")
 fi

@@ -293,6 +293,8 @@ fn tracestate_lines_are_combined_or_removed_upstream() {
     let (host, _) = run("{}", &[("traceparent", TP), ("tracestate", b"a=1"), ("tracestate", b"b=2")]);
     assert_eq!(all(&host.request, "tracestate"), vec!["a=1,b=2"]);
     let (host, _) = run("{}", &[("traceparent", TP), ("tracestate", b"a=1,a=2")]);
+    assert_eq!(all(&host.request, "tracestate"), vec!["a=1"]);
+    let (host, _) = run("{}", &[("traceparent", TP), ("tracestate", b"a=1,B=2")]);
     assert!(all(&host.request, "tracestate").is_empty());
     let (host, _) = run("{}", &[("tracestate", b"a=1")]);
     assert!(all(&host.request, "tracestate").is_empty(), "dropped on restart");
