@@ -6,9 +6,12 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use meshguard::config::{self, Correlation};
 use meshguard::correlation;
+use meshguard::filter::{Host, HostError, MetricId, Metrics, Plugin, Stream};
+use meshguard::headers::HeaderMap;
 use meshguard::ids::{self, TestEntropy};
 use meshguard::logline::RequestLog;
 use meshguard::rules::{self, Facts};
+use meshguard::trace::{self, traceparent, tracestate};
 
 const SPEC_EXAMPLE: &str = include_str!("../tests/data/spec-example.json");
 
@@ -67,7 +70,44 @@ fn benches(c: &mut Criterion) {
     });
     let mut entropy = TestEntropy(0x9e37_79b9_7f4a_7c15);
     c.bench_function("ids/uuid4", |b| b.iter(|| ids::uuid4(&mut entropy)));
-    c.bench_function("ids/trace_id", |b| b.iter(|| ids::trace_id(&mut entropy)));
+
+    let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    c.bench_function("trace/traceparent parse", |b| b.iter(|| traceparent::parse(black_box(tp))));
+    let ctx = traceparent::parse(tp).unwrap().context;
+    c.bench_function("trace/traceparent format", |b| b.iter(|| black_box(&ctx).traceparent()));
+    let lines: [&[u8]; 2] = [b"congo=t61rcWkgMzE,rojo=00f067aa0ba902b7", b"vendor@tenant=abc,x=1"];
+    c.bench_function("trace/tracestate combine 2 lines", |b| {
+        b.iter(|| tracestate::combine(black_box(lines).into_iter()))
+    });
+    let cfg = config::parse(b"{}").unwrap();
+    let hop = config::parse(br#"{"trace": {"mode": "hop"}}"#).unwrap();
+    let empty = request_headers(&[]);
+    let traced = request_headers(&[("traceparent", &tp[..]), ("tracestate", lines[0])]);
+    c.bench_function("trace/decide new trace", |b| {
+        b.iter(|| trace::decide(black_box(&empty), &cfg.trace, &mut entropy))
+    });
+    c.bench_function("trace/decide propagate", |b| {
+        b.iter(|| trace::decide(black_box(&traced), &cfg.trace, &mut entropy))
+    });
+    c.bench_function("trace/decide hop", |b| b.iter(|| trace::decide(black_box(&traced), &hop.trace, &mut entropy)));
+
+    let raw = HeaderMap::from_pairs(&REQUEST).serialized().to_vec();
+    c.bench_function("headers/parse 8 request headers", |b| {
+        b.iter(|| HeaderMap::from_serialized(black_box(raw.clone())))
+    });
+
+    // The whole request path of the default configuration against a host that does nothing:
+    // the CPU meshguard itself adds per request, host calls excluded.
+    let plugin = Plugin::new(config::parse(b"{}").unwrap(), Metrics::define(&cfg, |_| Some(0)));
+    let mut host = NullHost(HeaderMap::from_serialized(raw.clone()));
+    c.bench_function("flow/request+response, default config, no host cost", |b| {
+        b.iter(|| {
+            let mut stream = Stream::default();
+            stream.on_request_headers(&plugin, &mut host, &mut entropy);
+            stream.on_response_headers(&plugin, &mut host);
+            stream.on_log(&plugin, &mut host);
+        })
+    });
 
     let line = RequestLog {
         correlation_id: "6b7c2a32-1b1f-4a44-9d1e-0f64e0f6f1a2",
@@ -84,6 +124,52 @@ fn benches(c: &mut Criterion) {
         ..RequestLog::default()
     };
     c.bench_function("logline/to_json", |b| b.iter(|| black_box(&line).to_json(false)));
+}
+
+const REQUEST: [(&str, &[u8]); 8] = [
+    (":authority", b"orders.prod.svc.cluster.local:8080"),
+    (":path", b"/orders/123"),
+    (":method", b"POST"),
+    (":scheme", b"http"),
+    ("user-agent", b"orders-client/1.4"),
+    ("content-type", b"application/json"),
+    ("x-forwarded-proto", b"http"),
+    ("x-request-id", b"0489cb0a-8c2f-4a44-9d1e-0f64e0f6f1a2"),
+];
+
+fn request_headers(extra: &[(&str, &[u8])]) -> HeaderMap {
+    let mut all: Vec<(&str, &[u8])> = REQUEST.to_vec();
+    all.extend_from_slice(extra);
+    HeaderMap::from_pairs(&all)
+}
+
+/// A host whose calls cost nothing: the request headers are handed out from a copy.
+struct NullHost(HeaderMap);
+
+impl Host for NullHost {
+    fn request_headers(&mut self) -> HeaderMap {
+        self.0.clone()
+    }
+    fn set_request_header(&mut self, _: &str, _: &[u8]) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn remove_request_header(&mut self, _: &str) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn set_response_header(&mut self, _: &str, _: &[u8]) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn add_response_header(&mut self, _: &str, _: &[u8]) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn property(&mut self, _: &[&str]) -> Option<Vec<u8>> {
+        None
+    }
+    fn set_filter_state(&mut self, _: &str, _: &[u8]) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn increment(&mut self, _: MetricId, _: i64) {}
+    fn log(&mut self, _: config::LogLevel, _: &str) {}
 }
 
 criterion_group!(core, benches);

@@ -56,6 +56,11 @@ impl HeaderMap {
         self.entries.iter().filter_map(|(k, v)| Some((self.buf.get(k.clone())?, self.buf.get(v.clone())?)))
     }
 
+    /// The serialised form this map was parsed from.
+    pub fn serialized(&self) -> &[u8] {
+        &self.buf
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
