@@ -98,7 +98,7 @@ fn benches(c: &mut Criterion) {
 
     // The whole request path of the default configuration against a host that does nothing:
     // the CPU meshguard itself adds per request, host calls excluded.
-    let plugin = Plugin::new(config::parse(b"{}").unwrap(), Metrics::define(&cfg, |_| Some(0)));
+    let plugin = Plugin::new(config::parse(b"{}").unwrap(), Metrics::define(&cfg, |_, _| Some(0)), "bench");
     let mut host = NullHost(HeaderMap::from_serialized(raw.clone()));
     c.bench_function("flow/request+response, default config, no host cost", |b| {
         b.iter(|| {
@@ -169,7 +169,23 @@ impl Host for NullHost {
         Ok(())
     }
     fn increment(&mut self, _: MetricId, _: i64) {}
+    fn set_gauge(&mut self, _: MetricId, _: u64) {}
     fn log(&mut self, _: config::LogLevel, _: &str) {}
+    fn response_header(&mut self, _: &str) -> Option<Vec<u8>> {
+        Some(b"200".to_vec())
+    }
+    fn now(&mut self) -> u64 {
+        0
+    }
+    fn shared_get(&mut self, _: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        Ok(None)
+    }
+    fn shared_set(&mut self, _: &str, _: &[u8], _: u32) -> Result<bool, HostError> {
+        Ok(true)
+    }
+    fn send_local_reply(&mut self, _: u32, _: &HeaderMap, _: &[u8]) -> Result<(), HostError> {
+        Ok(())
+    }
 }
 
 criterion_group!(core, benches);

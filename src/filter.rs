@@ -1,10 +1,13 @@
 //! The per-request flow, top to bottom, against the [`Host`] trait: request headers → facts →
-//! rule → trace context → correlation → (breaker, dedup as they land) → forward; response headers → echo;
-//! stream end → log line. No proxy-wasm here: `host/` implements [`Host`] with real host calls,
+//! rule → trace context → correlation → circuit breaker (local reply when open) → (dedup as it
+//! lands) → forward; response headers → outcome, echo; stream end → outcome of a reset, log line. No proxy-wasm here: `host/` implements [`Host`] with real host calls,
 //! the tests below with a fake.
 
 use std::cell::Cell;
 
+mod circuit;
+
+use crate::breaker::{self, Admission};
 use crate::config::{Config, LogLevel, TraceMode, TraceResponse};
 use crate::correlation::{self, Outcome};
 use crate::headers::HeaderMap;
@@ -13,6 +16,7 @@ use crate::logline::RequestLog;
 use crate::metrics;
 use crate::rules::{self, Facts};
 use crate::trace::{self, Tracestate};
+pub use circuit::{Admitted, CircuitMetrics};
 
 /// A metric id handed out by the host.
 pub type MetricId = u32;
@@ -38,7 +42,32 @@ pub trait Host {
     /// Filter state readable in access logs as `%FILTER_STATE(wasm.meshguard.<key>:PLAIN)%`.
     fn set_filter_state(&mut self, key: &str, value: &[u8]) -> Result<(), HostError>;
     fn increment(&mut self, metric: MetricId, by: i64);
+    fn set_gauge(&mut self, metric: MetricId, value: u64);
     fn log(&mut self, level: LogLevel, message: &str);
+    /// A response header (first line), e.g. `:status`.
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// Nanoseconds since the epoch, from the proxy's clock.
+    fn now(&mut self) -> u64;
+    /// A shared-data value and its CAS token; `Ok(None)` when the key does not exist.
+    fn shared_get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError>;
+    /// Stores `value` if the CAS token is still `cas` (0: unconditionally); `Ok(false)` on a mismatch.
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, HostError>;
+    /// Answers the request locally (the upstream is never called).
+    fn send_local_reply(&mut self, status: u32, headers: &HeaderMap, body: &[u8]) -> Result<(), HostError>;
+}
+
+/// What the shell does with the request after `on_request_headers`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    /// A local reply was sent: stop the filter chain.
+    Stop,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
 }
 
 /// Metric ids of one configuration, defined once in `on_configure` (proxy-wasm hands out a new id
@@ -52,18 +81,27 @@ pub struct Metrics {
     /// `meshguard_trace_total{outcome}`, in the order of [`trace::Outcome::ALL`].
     pub trace: [Option<MetricId>; 4],
     pub errors: Option<MetricId>,
+    /// `meshguard_circuit_*{rule}` by rule index (default rule last); `None` without a breaker.
+    pub circuit: Vec<Option<CircuitMetrics>>,
 }
 
 impl Metrics {
-    /// `define_counter` registers one counter by its full stat name and returns its id.
-    pub fn define(config: &Config, mut define_counter: impl FnMut(&str) -> Option<MetricId>) -> Metrics {
-        let mut counter = |name: &str, tags: &[(&str, &str)]| define_counter(&metrics::name(name, tags));
-        Metrics {
-            requests: config.all_rules().map(|r| counter(metrics::REQUESTS_TOTAL, &[("rule", &r.name)])).collect(),
-            correlation: Outcome::ALL.map(|o| counter(metrics::CORRELATION_TOTAL, &[("outcome", o.as_str())])),
-            trace: trace::Outcome::ALL.map(|o| counter(metrics::TRACE_TOTAL, &[("outcome", o.as_str())])),
-            errors: counter(metrics::ERRORS_TOTAL, &[]),
-        }
+    /// `define` registers one metric by kind and full stat name and returns its id.
+    pub fn define(config: &Config, mut define: impl FnMut(MetricKind, &str) -> Option<MetricId>) -> Metrics {
+        let mut counter = |name: &str, tags: &[(&str, &str)]| define(MetricKind::Counter, &metrics::name(name, tags));
+        let requests = config.all_rules().map(|r| counter(metrics::REQUESTS_TOTAL, &[("rule", &r.name)])).collect();
+        let correlation = Outcome::ALL.map(|o| counter(metrics::CORRELATION_TOTAL, &[("outcome", o.as_str())]));
+        let trace = trace::Outcome::ALL.map(|o| counter(metrics::TRACE_TOTAL, &[("outcome", o.as_str())]));
+        let errors = counter(metrics::ERRORS_TOTAL, &[]);
+        let circuit = config
+            .all_rules()
+            .map(|r| r.circuit_breaker.as_ref().map(|_| CircuitMetrics::define(&r.name, &mut define)))
+            .collect();
+        Metrics { requests, correlation, trace, errors, circuit }
+    }
+
+    fn circuit(&self, config: &Config, rule: Option<usize>) -> Option<&CircuitMetrics> {
+        self.circuit.get(rule.unwrap_or(config.rules.len()))?.as_ref()
     }
 
     fn requests(&self, config: &Config, rule: Option<usize>) -> Option<MetricId> {
@@ -87,14 +125,34 @@ impl Metrics {
 pub struct Plugin {
     pub config: Config,
     pub metrics: Metrics,
+    /// Shared-data key of each rule's circuit (default rule last); `None` without a breaker.
+    pub circuit_keys: Vec<Option<String>>,
     /// The first traced stream of this worker has checked whether an Envoy tracer rewrote the
     /// trace headers after meshguard (see [`Stream::on_log`]).
     tracer_checked: Cell<bool>,
 }
 
 impl Plugin {
-    pub fn new(config: Config, metrics: Metrics) -> Plugin {
-        Plugin { config, metrics, tracer_checked: Cell::new(false) }
+    /// `name` is the plugin's name in Envoy: it separates the shared data of two meshguard
+    /// plugins on one proxy.
+    pub fn new(config: Config, metrics: Metrics, name: &str) -> Plugin {
+        let circuit_keys =
+            config.all_rules().map(|r| r.circuit_breaker.as_ref().map(|cb| breaker::key(name, &r.name, cb))).collect();
+        Plugin { config, metrics, circuit_keys, tracer_checked: Cell::new(false) }
+    }
+
+    /// Creates every rule's circuit value that does not exist yet (from `on_configure`).
+    pub fn init_shared(&self, host: &mut impl Host) -> Result<(), HostError> {
+        for (rule, key) in self.config.all_rules().zip(&self.circuit_keys) {
+            if let (Some(cb), Some(key)) = (&rule.circuit_breaker, key) {
+                circuit::init(host, key, cb)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn circuit_key(&self, rule: Option<usize>) -> Option<&str> {
+        self.circuit_keys.get(rule.unwrap_or(self.config.rules.len()))?.as_deref()
     }
 }
 
@@ -104,6 +162,7 @@ pub mod state {
     pub const RULE: &str = "meshguard.rule";
     pub const TRACE_ID: &str = "meshguard.trace_id";
     pub const SPAN_ID: &str = "meshguard.span_id";
+    pub const CIRCUIT: &str = "meshguard.circuit";
 }
 
 /// One HTTP stream.
@@ -113,16 +172,21 @@ pub struct Stream {
     correlation_id: Option<String>,
     /// The trace context the upstream received (`propagate` and `hop` modes).
     trace: Option<trace::Context>,
+    /// A call the circuit let through whose outcome is still to be recorded.
+    admitted: Option<Admitted>,
+    /// `closed`, `half_open`, `open` (passed in `metrics_only`) or `rejected`.
+    circuit: Option<&'static str>,
+    /// meshguard answered this request itself: its response is no outcome.
+    local_reply: bool,
     /// An internal error was counted and logged already for this stream.
     failed: bool,
 }
 
 impl Stream {
-    pub fn on_request_headers(&mut self, plugin: &Plugin, host: &mut impl Host, entropy: &mut impl Entropy) {
+    pub fn on_request_headers(&mut self, plugin: &Plugin, host: &mut impl Host, entropy: &mut impl Entropy) -> Verdict {
         let config = &plugin.config;
         let headers = host.request_headers();
         self.rule = rules::select(&config.rules, &mut LazyFacts::new(&headers, host));
-        let rule = config.rule(self.rule);
         increment(host, plugin.metrics.requests(config, self.rule));
 
         let decision = trace::decide(&headers, &config.trace, entropy);
@@ -137,13 +201,22 @@ impl Stream {
             }
         };
         increment(host, plugin.metrics.correlation(outcome));
+        if let Some(d) = &decision {
+            increment(host, plugin.metrics.trace(d.outcome));
+        }
+
+        if let Some(retry_after_s) = self.circuit_admit(plugin, host, &id) {
+            self.set_states(plugin, host, &id, &decision, trace_id.as_deref());
+            self.reject(plugin, host, &id, trace_id.as_deref(), retry_after_s);
+            self.correlation_id = Some(id);
+            return Verdict::Stop;
+        }
 
         if outcome != Outcome::Kept {
             let r = host.set_request_header(&c.header, id.as_bytes());
             self.check(plugin, host, r, &id);
         }
         if let Some(d) = &decision {
-            increment(host, plugin.metrics.trace(d.outcome));
             if let Some(tp) = &d.traceparent {
                 let r = host.set_request_header("traceparent", tp.as_bytes());
                 self.check(plugin, host, r, &id);
@@ -155,21 +228,157 @@ impl Stream {
             };
             self.check(plugin, host, r, &id);
         }
-        let r = host.set_filter_state(state::CORRELATION_ID, id.as_bytes());
-        self.check(plugin, host, r, &id);
-        let r = host.set_filter_state(state::RULE, rule.name.as_bytes());
-        self.check(plugin, host, r, &id);
-        if let (Some(d), Some(trace_id)) = (&decision, &trace_id) {
-            let r = host.set_filter_state(state::TRACE_ID, trace_id.as_bytes());
-            self.check(plugin, host, r, &id);
-            let r = host.set_filter_state(state::SPAN_ID, d.context.span_id_hex().as_bytes());
-            self.check(plugin, host, r, &id);
-        }
+        self.set_states(plugin, host, &id, &decision, trace_id.as_deref());
         self.trace = decision.map(|d| d.context);
         self.correlation_id = Some(id);
+        Verdict::Continue
+    }
+
+    /// Filter state for the access log.
+    fn set_states(
+        &mut self,
+        plugin: &Plugin,
+        host: &mut impl Host,
+        id: &str,
+        decision: &Option<trace::Decision>,
+        trace_id: Option<&str>,
+    ) {
+        let rule = plugin.config.rule(self.rule);
+        let r = host.set_filter_state(state::CORRELATION_ID, id.as_bytes());
+        self.check(plugin, host, r, id);
+        let r = host.set_filter_state(state::RULE, rule.name.as_bytes());
+        self.check(plugin, host, r, id);
+        if let (Some(d), Some(trace_id)) = (decision, trace_id) {
+            let r = host.set_filter_state(state::TRACE_ID, trace_id.as_bytes());
+            self.check(plugin, host, r, id);
+            let r = host.set_filter_state(state::SPAN_ID, d.context.span_id_hex().as_bytes());
+            self.check(plugin, host, r, id);
+        }
+        if let Some(label) = self.circuit {
+            let r = host.set_filter_state(state::CIRCUIT, label.as_bytes());
+            self.check(plugin, host, r, id);
+        }
+    }
+
+    /// The rule's circuit decides the request; `Some(retry_after_s)` when it must be rejected.
+    /// A failing shared-data call lets the request through (fail open).
+    fn circuit_admit(&mut self, plugin: &Plugin, host: &mut impl Host, id: &str) -> Option<u64> {
+        let cfg = plugin.config.rule(self.rule).circuit_breaker.as_ref()?;
+        let key = plugin.circuit_key(self.rule)?;
+        let now = host.now();
+        let (admission, transition) = match circuit::admit(host, key, cfg, now) {
+            Ok(result) => result,
+            Err(e) => {
+                self.internal_error(plugin, host, e, Some(id));
+                return None;
+            }
+        };
+        let m = plugin.metrics.circuit(&plugin.config, self.rule);
+        if let (Some(t), Some(m)) = (&transition, m) {
+            circuit::announce(host, m, &plugin.config.rule(self.rule).name, t, id);
+        }
+        match admission {
+            Admission::Pass { generation } => {
+                self.circuit = Some("closed");
+                self.admitted = Some(Admitted { generation, probe: false, start: now });
+                None
+            }
+            Admission::Probe { generation } => {
+                self.circuit = Some("half_open");
+                self.admitted = Some(Admitted { generation, probe: true, start: now });
+                None
+            }
+            Admission::WouldReject => {
+                self.circuit = Some("open");
+                increment(host, m.and_then(|m| m.rejected));
+                None
+            }
+            Admission::Reject { retry_after_s } => {
+                self.circuit = Some("rejected");
+                increment(host, m.and_then(|m| m.rejected));
+                Some(retry_after_s)
+            }
+        }
+    }
+
+    /// The open circuit's local reply: `open_status`, `retry-after`, `x-meshguard-circuit: open`,
+    /// the correlation id, and a small JSON body with the rule and the ids.
+    fn reject(&mut self, plugin: &Plugin, host: &mut impl Host, id: &str, trace_id: Option<&str>, retry_after_s: u64) {
+        let config = &plugin.config;
+        let rule = config.rule(self.rule);
+        let Some(cb) = &rule.circuit_breaker else {
+            return;
+        };
+        let retry = retry_after_s.to_string();
+        let mut body = String::with_capacity(160);
+        body.push_str("{\"error\":\"circuit_open\",\"rule\":");
+        crate::logline::push_json_string(&mut body, rule.name.as_bytes());
+        body.push_str(",\"retry_after_s\":");
+        body.push_str(&retry);
+        body.push_str(",\"correlation_id\":");
+        crate::logline::push_json_string(&mut body, id.as_bytes());
+        body.push_str(",\"trace_id\":");
+        match trace_id {
+            Some(t) => crate::logline::push_json_string(&mut body, t.as_bytes()),
+            None => body.push_str("null"),
+        }
+        body.push('}');
+        let mut headers: Vec<(&str, &[u8])> = vec![
+            ("content-type", b"application/json"),
+            ("retry-after", retry.as_bytes()),
+            ("x-meshguard-circuit", b"open"),
+        ];
+        if config.correlation.echo_downstream {
+            headers.push((&config.correlation.header, id.as_bytes()));
+        }
+        self.local_reply = true;
+        let r = host.send_local_reply(cb.open_status, &HeaderMap::from_pairs(&headers), body.as_bytes());
+        self.check(plugin, host, r, id);
+    }
+
+    /// Records the outcome of a call the circuit let through: at the response headers, or at the
+    /// end of a stream that never had them (`status` `None`).
+    fn circuit_record(&mut self, plugin: &Plugin, host: &mut impl Host, status: Option<u32>) {
+        let Some(call) = self.admitted.take() else {
+            return;
+        };
+        let (Some(cfg), Some(key)) =
+            (plugin.config.rule(self.rule).circuit_breaker.as_ref(), plugin.circuit_key(self.rule))
+        else {
+            return;
+        };
+        let now = host.now();
+        let outcome = breaker::classify(
+            cfg,
+            status,
+            || int(host.property(&["response", "flags"])),
+            now.saturating_sub(call.start),
+        );
+        let m = plugin.metrics.circuit(&plugin.config, self.rule);
+        if outcome.failure {
+            increment(host, m.and_then(|m| m.failures));
+        }
+        if outcome.slow {
+            increment(host, m.and_then(|m| m.slow));
+        }
+        let id = self.correlation_id.clone().unwrap_or_default();
+        match circuit::record(host, key, cfg, call, outcome, now) {
+            Ok(Some(t)) => {
+                if let Some(m) = m {
+                    circuit::announce(host, m, &plugin.config.rule(self.rule).name, &t, &id);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => self.internal_error(plugin, host, e, Some(&id)),
+        }
     }
 
     pub fn on_response_headers(&mut self, plugin: &Plugin, host: &mut impl Host) {
+        if self.admitted.is_some() && !self.local_reply {
+            let status = host.response_header(":status").and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
+            // A response without a readable status is Envoy's own doing: count it like a reset.
+            self.circuit_record(plugin, host, status);
+        }
         // No id: the request never reached this filter (e.g. Envoy rejected it first).
         let Some(id) = self.correlation_id.take() else {
             return;
@@ -196,6 +405,10 @@ impl Stream {
     /// The stream is complete (also after resets and local replies).
     pub fn on_log(&mut self, plugin: &Plugin, host: &mut impl Host) {
         let config = &plugin.config;
+        if self.admitted.is_some() && !self.local_reply {
+            // The stream ended without response headers (reset, downstream gone).
+            self.circuit_record(plugin, host, None);
+        }
         if let Some(context) = self.trace.filter(|_| !plugin.tracer_checked.replace(true)) {
             check_envoy_tracer(host, &context);
         }
@@ -218,7 +431,6 @@ impl Stream {
         let span_id = context.map(|c| c.span_id_hex());
         let route_name = host.property(&["xds", "route_name"]);
         let cluster = host.property(&["xds", "cluster_name"]);
-        let int = |bytes: Option<Vec<u8>>| -> Option<u64> { Some(u64::from_le_bytes(bytes?.try_into().ok()?)) };
         let status = int(host.property(&["response", "code"])).filter(|s| *s > 0);
         let flags = int(host.property(&["response", "flags"]));
         let duration_ms = int(host.property(&["request", "duration"])).map(|ns| ns as f64 / 1e6);
@@ -235,6 +447,7 @@ impl Stream {
             duration_ms,
             upstream_cluster: cluster.as_deref(),
             response_flags: flags,
+            circuit: self.circuit,
             dedup: "none",
             ..RequestLog::default()
         }
@@ -277,6 +490,11 @@ fn check_envoy_tracer(host: &mut impl Host, ours: &trace::Context) {
              set trace.mode to \"defer\" when Envoy tracing is on",
         );
     }
+}
+
+/// A little-endian u64 property value (`response.code`, `response.flags`, `request.duration`).
+fn int(bytes: Option<Vec<u8>>) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes?.try_into().ok()?))
 }
 
 fn increment(host: &mut impl Host, metric: Option<MetricId>) {

@@ -5,6 +5,7 @@
 //! build.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
+pub mod breaker;
 pub mod config;
 pub mod correlation;
 pub mod filter;

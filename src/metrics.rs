@@ -7,6 +7,11 @@ pub const REQUESTS_TOTAL: &str = "meshguard_requests_total";
 pub const CORRELATION_TOTAL: &str = "meshguard_correlation_total";
 pub const TRACE_TOTAL: &str = "meshguard_trace_total";
 pub const ERRORS_TOTAL: &str = "meshguard_errors_total";
+pub const CIRCUIT_STATE: &str = "meshguard_circuit_state";
+pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "meshguard_circuit_transitions_total";
+pub const CIRCUIT_REJECTED_TOTAL: &str = "meshguard_circuit_rejected_total";
+pub const CIRCUIT_FAILURES_TOTAL: &str = "meshguard_circuit_failures_total";
+pub const CIRCUIT_SLOW_TOTAL: &str = "meshguard_circuit_slow_total";
 
 /// The stat name for `metric` with `tags` (name, value) encoded in order.
 pub fn name(metric: &str, tags: &[(&str, &str)]) -> String {

@@ -20,7 +20,16 @@ struct FakeHost {
     fail_writes: bool,
     property_reads: Vec<String>,
     header_reads: usize,
+    clock: u64,
+    shared: std::collections::HashMap<String, (Vec<u8>, u32)>,
+    shared_sets: usize,
+    /// The next this many swaps fail as if another worker had written first.
+    cas_conflicts: usize,
+    local_replies: Vec<LocalReply>,
 }
+
+/// Status, headers and body of a local reply.
+type LocalReply = (u32, Vec<(String, Vec<u8>)>, Vec<u8>);
 
 impl FakeHost {
     fn with_request(headers: &[(&str, &[u8])]) -> FakeHost {
@@ -78,6 +87,37 @@ impl Host for FakeHost {
     fn increment(&mut self, metric: MetricId, by: i64) {
         *self.counters.entry(metric).or_default() += by;
     }
+    fn set_gauge(&mut self, metric: MetricId, value: u64) {
+        self.counters.insert(metric, value as i64);
+    }
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        FakeHost::get(&self.response, name)
+    }
+    fn now(&mut self) -> u64 {
+        self.clock
+    }
+    fn shared_get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        Ok(self.shared.get(key).cloned())
+    }
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, HostError> {
+        self.shared_sets += 1;
+        let current = self.shared.get(key).map(|(_, c)| *c);
+        if cas != 0 && current.is_some_and(|c| c != cas) || self.cas_conflicts > 0 {
+            self.cas_conflicts = self.cas_conflicts.saturating_sub(1);
+            return Ok(false);
+        }
+        let next = current.unwrap_or(0) + 1;
+        self.shared.insert(key.to_string(), (value.to_vec(), next));
+        Ok(true)
+    }
+    fn send_local_reply(&mut self, status: u32, headers: &HeaderMap, body: &[u8]) -> Result<(), HostError> {
+        self.local_replies.push((
+            status,
+            headers.iter().map(|(k, v)| (String::from_utf8(k.to_vec()).unwrap(), v.to_vec())).collect(),
+            body.to_vec(),
+        ));
+        Ok(())
+    }
     fn log(&mut self, level: LogLevel, message: &str) {
         self.logs.push((level, message.to_string()));
     }
@@ -85,11 +125,11 @@ impl Host for FakeHost {
 
 fn plugin(json: &str, host: &mut FakeHost) -> Plugin {
     let config = config::parse(json.as_bytes()).unwrap();
-    let metrics = Metrics::define(&config, |name| {
+    let metrics = Metrics::define(&config, |_, name| {
         host.names.push(name.to_string());
         Some(host.names.len() as MetricId - 1)
     });
-    Plugin::new(config, metrics)
+    Plugin::new(config, metrics, "test")
 }
 
 fn run(json: &str, request: &[(&str, &[u8])]) -> (FakeHost, Stream) {
@@ -393,4 +433,166 @@ fn a_tracer_rewriting_trace_headers_is_reported_once_per_worker() {
     // Untouched headers: nothing to say.
     let (host, _) = run("{}", &[("traceparent", TP)]);
     assert!(host.logs.is_empty(), "{:?}", host.logs);
+}
+
+// ---- circuit breaker ----
+
+const SECOND: u64 = 1_000_000_000;
+
+/// One request through the flow at the host's clock; the upstream answers `status` after
+/// `took_ns` unless the circuit answered first. Returns the verdict.
+fn call(plugin: &Plugin, host: &mut FakeHost, status: &str, took_ns: u64) -> Verdict {
+    host.response.clear();
+    host.local_replies.clear();
+    let mut stream = Stream::default();
+    let verdict = stream.on_request_headers(plugin, host, &mut TestEntropy(host.clock | 1));
+    host.clock += took_ns;
+    if verdict == Verdict::Continue {
+        host.response.push((":status".into(), status.as_bytes().to_vec()));
+    }
+    stream.on_response_headers(plugin, host);
+    stream.on_log(plugin, host);
+    verdict
+}
+
+fn breaker_plugin(json: &str, host: &mut FakeHost) -> Plugin {
+    host.clock = 1_700_000_000 * SECOND;
+    let p = plugin(json, host);
+    p.init_shared(host).unwrap();
+    p
+}
+
+#[test]
+fn circuit_opens_rejects_locally_then_probes_and_closes() {
+    let json = r#"{"routes": [{"name": "pay", "circuit_breaker": {"consecutive_failures": 2, "open_duration": "10s", "half_open_calls": 2}}]}"#;
+    let mut host = FakeHost::with_request(&[("x-correlation-id", b"c-1")]);
+    let plugin = breaker_plugin(json, &mut host);
+    assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Continue);
+    assert_eq!(host.state_str(state::CIRCUIT).as_deref(), Some("closed"));
+    assert_eq!(call(&plugin, &mut host, "503", 0), Verdict::Continue);
+    assert_eq!(call(&plugin, &mut host, "500", 0), Verdict::Continue);
+    assert_eq!(host.counter("rule=.=pay;.;to=.=open;.;meshguard_circuit_transitions_total"), 1);
+    assert_eq!(host.counter("rule=.=pay;.;meshguard_circuit_failures_total"), 2);
+    assert_eq!(host.counter("rule=.=pay;.;meshguard_circuit_state"), 2);
+    let opened: Vec<_> =
+        host.logs.iter().filter(|(_, l)| l.starts_with("meshguard: circuit pay closed -> open")).collect();
+    assert_eq!(opened.len(), 1);
+    assert_eq!(
+        opened[0].1,
+        "meshguard: circuit pay closed -> open (2 consecutive failures; open for 10s) (correlation_id=c-1)"
+    );
+
+    // Open: a local reply, no upstream.
+    host.clock += 3 * SECOND;
+    assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Stop);
+    let (status, headers, body) = host.local_replies[0].clone();
+    assert_eq!(status, 503);
+    let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| String::from_utf8(v.clone()).unwrap());
+    assert_eq!(header("retry-after").as_deref(), Some("7"));
+    assert_eq!(header("x-meshguard-circuit").as_deref(), Some("open"));
+    assert_eq!(header("x-correlation-id").as_deref(), Some("c-1"));
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (body["error"].as_str(), body["rule"].as_str(), body["retry_after_s"].as_u64()),
+        (Some("circuit_open"), Some("pay"), Some(7))
+    );
+    assert_eq!(body["correlation_id"], "c-1");
+    assert_eq!(body["trace_id"].as_str().map(str::len), Some(32));
+    assert_eq!(host.state_str(state::CIRCUIT).as_deref(), Some("rejected"));
+    assert_eq!(host.counter("rule=.=pay;.;meshguard_circuit_rejected_total"), 1);
+    assert_eq!(host.counter("rule=.=pay;.;meshguard_circuit_failures_total"), 2, "a local reply is no outcome");
+
+    // After open_duration: two probes, both succeed, the circuit closes.
+    host.clock += 7 * SECOND;
+    assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Continue);
+    assert_eq!(host.state_str(state::CIRCUIT).as_deref(), Some("half_open"));
+    assert_eq!(host.counter("rule=.=pay;.;meshguard_circuit_state"), 1);
+    assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Continue);
+    assert_eq!(host.counter("rule=.=pay;.;to=.=closed;.;meshguard_circuit_transitions_total"), 1);
+    assert_eq!(host.counter("rule=.=pay;.;meshguard_circuit_state"), 0);
+}
+
+#[test]
+fn rules_without_a_breaker_touch_no_shared_data() {
+    let json = r#"{"routes": [{"name": "pay", "match": {"prefix": "/pay"}, "circuit_breaker": {}}]}"#;
+    let mut host = FakeHost::with_request(&[(":path", b"/other")]);
+    let plugin = breaker_plugin(json, &mut host);
+    let sets = host.shared_sets;
+    call(&plugin, &mut host, "503", 0);
+    assert_eq!(host.shared_sets, sets);
+    assert!(host.state_str(state::CIRCUIT).is_none());
+}
+
+#[test]
+fn closed_success_path_swaps_once_per_response_and_not_on_the_request() {
+    let mut host = FakeHost::with_request(&[]);
+    let plugin = breaker_plugin(r#"{"circuit_breaker": {}}"#, &mut host);
+    let sets = host.shared_sets;
+    call(&plugin, &mut host, "200", 0);
+    assert_eq!(host.shared_sets - sets, 1);
+}
+
+#[test]
+fn slow_calls_and_envoy_upstream_failures_are_outcomes() {
+    let json = r#"{"circuit_breaker": {"slow_call_duration": "1s", "failure_status": [500]}}"#;
+    let mut host = FakeHost::with_request(&[]);
+    let plugin = breaker_plugin(json, &mut host);
+    call(&plugin, &mut host, "200", 2 * SECOND);
+    assert_eq!(host.counter("rule=.=default;.;meshguard_circuit_slow_total"), 1);
+    // 503 not in failure_status, but Envoy made it because the upstream refused (UF).
+    host.properties.push(("response.flags".into(), (1u64 << 5).to_le_bytes().to_vec()));
+    call(&plugin, &mut host, "503", 0);
+    assert_eq!(host.counter("rule=.=default;.;meshguard_circuit_failures_total"), 1);
+}
+
+#[test]
+fn a_reset_before_response_headers_is_a_failure() {
+    let mut host = FakeHost::with_request(&[]);
+    let plugin = breaker_plugin(r#"{"circuit_breaker": {"consecutive_failures": 1}}"#, &mut host);
+    let mut stream = Stream::default();
+    stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
+    stream.on_log(&plugin, &mut host);
+    assert_eq!(host.counter("rule=.=default;.;meshguard_circuit_failures_total"), 1);
+    assert_eq!(host.counter("rule=.=default;.;to=.=open;.;meshguard_circuit_transitions_total"), 1);
+}
+
+#[test]
+fn cas_conflicts_are_retried_and_bounded() {
+    let mut host = FakeHost::with_request(&[]);
+    let plugin = breaker_plugin(r#"{"circuit_breaker": {"consecutive_failures": 1}}"#, &mut host);
+    host.cas_conflicts = 3;
+    call(&plugin, &mut host, "500", 0);
+    assert_eq!(
+        host.counter("rule=.=default;.;to=.=open;.;meshguard_circuit_transitions_total"),
+        1,
+        "won on the 4th try"
+    );
+    assert_eq!(host.counter("meshguard_errors_total"), 0);
+
+    let mut host = FakeHost::with_request(&[]);
+    let plugin = breaker_plugin(r#"{"circuit_breaker": {"consecutive_failures": 1}}"#, &mut host);
+    host.cas_conflicts = usize::MAX;
+    assert_eq!(call(&plugin, &mut host, "500", 0), Verdict::Continue);
+    assert_eq!(host.counter("meshguard_errors_total"), 1, "gave up, failed open, counted");
+    assert!(host.logs.iter().any(|(_, l)| l.contains("compare-and-swap attempts exhausted")));
+}
+
+#[test]
+fn metrics_only_never_rejects_but_counts_what_it_would_have() {
+    let mut host = FakeHost::with_request(&[]);
+    let plugin =
+        breaker_plugin(r#"{"circuit_breaker": {"consecutive_failures": 1, "mode": "metrics_only"}}"#, &mut host);
+    call(&plugin, &mut host, "500", 0);
+    assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Continue);
+    assert!(host.local_replies.is_empty());
+    assert_eq!(host.state_str(state::CIRCUIT).as_deref(), Some("open"));
+    assert_eq!(host.counter("rule=.=default;.;meshguard_circuit_rejected_total"), 1);
+}
+
+#[test]
+fn forced_open_rejects_with_the_configured_status() {
+    let mut host = FakeHost::with_request(&[]);
+    let plugin = breaker_plugin(r#"{"circuit_breaker": {"mode": "forced_open", "open_status": 429}}"#, &mut host);
+    assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Stop);
+    assert_eq!(host.local_replies[0].0, 429);
 }

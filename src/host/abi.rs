@@ -13,6 +13,96 @@ extern "C" {
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
     ) -> Status;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> Status;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> Status;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        additional_headers_map_data: *const u8,
+        additional_headers_size: usize,
+        grpc_status: i32,
+    ) -> Status;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> Status;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> Status;
+}
+
+/// Sets a gauge; a failure to record a stat is not worth a crash.
+pub fn record_metric(metric: u32, value: u64) {
+    // SAFETY: plain values, no memory shared.
+    let _ = unsafe { proxy_record_metric(metric, value) };
+}
+
+/// A shared-data value and its CAS token; `Ok(None)` when the key does not exist.
+pub fn get_shared_data(key: &str) -> Result<Option<(Vec<u8>, u32)>, Status> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    let mut cas: u32 = 0;
+    // SAFETY: as in `header_map`: the host hands over a buffer allocated by our allocator.
+    match unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) } {
+        Status::Ok if data.is_null() => Ok(Some((Vec::new(), cas))),
+        // SAFETY: see above.
+        Status::Ok => Ok(Some((unsafe { Vec::from_raw_parts(data, size, size) }, cas))),
+        Status::NotFound => Ok(None),
+        status => Err(status),
+    }
+}
+
+/// Stores `value` if the key's CAS token is still `cas` (0: unconditionally). `Ok(false)` on a
+/// CAS mismatch.
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<bool, Status> {
+    // SAFETY: both buffers are valid for their lengths during the call; the host copies them.
+    match unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) } {
+        Status::Ok => Ok(true),
+        Status::CasMismatch => Ok(false),
+        status => Err(status),
+    }
+}
+
+/// Answers the request locally; `headers` in proxy-wasm's serialised map form.
+pub fn send_local_response(status: u32, details: &str, headers: &[u8], body: &[u8]) -> Result<(), Status> {
+    // SAFETY: all buffers are valid for their lengths during the call; the host copies them.
+    let status = unsafe {
+        proxy_send_local_response(
+            status,
+            details.as_ptr(),
+            details.len(),
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    };
+    match status {
+        Status::Ok => Ok(()),
+        status => Err(status),
+    }
+}
+
+/// Nanoseconds since the epoch (Envoy's time source); 0 if the host cannot tell.
+pub fn now_ns() -> u64 {
+    let mut t: u64 = 0;
+    // SAFETY: the host writes one u64 through the pointer.
+    match unsafe { proxy_get_current_time_nanoseconds(&mut t) } {
+        Status::Ok => t,
+        _ => 0,
+    }
 }
 
 /// Every pair of a header map in proxy-wasm's serialised form, parsed as bytes by

@@ -8,7 +8,7 @@ use proxy_wasm::types::Action;
 
 use super::entropy::Pool;
 use super::wasm_host::WasmHost;
-use crate::filter::{Plugin, Stream};
+use crate::filter::{Plugin, Stream, Verdict};
 
 thread_local! {
     // One VM per worker thread, so one pool per worker.
@@ -30,8 +30,12 @@ impl Context for HttpStream {}
 
 impl HttpContext for HttpStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        ENTROPY.with_borrow_mut(|entropy| self.stream.on_request_headers(&self.plugin, &mut WasmHost, entropy));
-        Action::Continue
+        let verdict =
+            ENTROPY.with_borrow_mut(|entropy| self.stream.on_request_headers(&self.plugin, &mut WasmHost, entropy));
+        match verdict {
+            Verdict::Continue => Action::Continue,
+            Verdict::Stop => Action::Pause,
+        }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -7,9 +7,10 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType};
 
+use super::wasm_host::WasmHost;
 use super::{abi, http::HttpStream};
 use crate::config;
-use crate::filter::{Metrics, Plugin};
+use crate::filter::{MetricKind, Metrics, Plugin};
 
 #[derive(Default)]
 pub struct Root {
@@ -35,8 +36,25 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let metrics = Metrics::define(&config, |name| hostcalls::define_metric(MetricType::Counter, name).ok());
-        self.plugin = Some(Rc::new(Plugin::new(config, metrics)));
+        let metrics = Metrics::define(&config, |kind, name| {
+            let kind = match kind {
+                MetricKind::Counter => MetricType::Counter,
+                MetricKind::Gauge => MetricType::Gauge,
+            };
+            hostcalls::define_metric(kind, name).ok()
+        });
+        // The plugin's name keeps the shared data of two meshguard plugins on one proxy apart.
+        let name = hostcalls::get_property(vec!["plugin_name"])
+            .ok()
+            .flatten()
+            .and_then(|n| String::from_utf8(n).ok())
+            .unwrap_or_else(|| "meshguard".to_string());
+        let plugin = Plugin::new(config, metrics, &name);
+        if let Err(e) = plugin.init_shared(&mut WasmHost) {
+            // Not fatal: the first request creates what is missing.
+            abi::log(LogLevel::Warn, &format!("meshguard: cannot initialise shared data: {}", e.0));
+        }
+        self.plugin = Some(Rc::new(plugin));
         true
     }
 

@@ -44,6 +44,31 @@ impl Host for WasmHost {
         abi::set_property(key, value).map_err(|_| HostError("cannot set filter state"))
     }
 
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
+    }
+
+    fn now(&mut self) -> u64 {
+        abi::now_ns()
+    }
+
+    fn shared_get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        abi::get_shared_data(key).map_err(|_| HostError("cannot read shared data"))
+    }
+
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, HostError> {
+        abi::set_shared_data(key, value, cas).map_err(|_| HostError("cannot write shared data"))
+    }
+
+    fn send_local_reply(&mut self, status: u32, headers: &HeaderMap, body: &[u8]) -> Result<(), HostError> {
+        abi::send_local_response(status, "meshguard_local_reply", headers.serialized(), body)
+            .map_err(|_| HostError("cannot send local reply"))
+    }
+
+    fn set_gauge(&mut self, metric: MetricId, value: u64) {
+        abi::record_metric(metric, value);
+    }
+
     fn increment(&mut self, metric: MetricId, by: i64) {
         let _ = hostcalls::increment_metric(metric, by);
     }
