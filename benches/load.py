@@ -95,6 +95,14 @@ CONFIGS = {
             )
         ],
     ),
+    "breaker-closed": (
+        "meshguard, trace + correlation + circuit breaker (closed, success path)",
+        [wasm_filter("meshguard", MESHGUARD_WASM, '{"circuit_breaker": {}}')],
+    ),
+    "breaker-open": (
+        "meshguard, open circuit: every request answered locally (forced_open)",
+        [wasm_filter("meshguard", MESHGUARD_WASM, '{"circuit_breaker": {"mode": "forced_open"}}')],
+    ),
     "log-line": (
         "meshguard + one JSON log line per request",
         [wasm_filter("meshguard", MESHGUARD_WASM, '{"log": {"requests": true}}')],
@@ -210,7 +218,11 @@ def parse_latency(text):
     return float(value) * {"us": 1, "ms": 1e3, "s": 1e6, "m": 60e6}[unit]
 
 
-def wrk(port, duration, connections):
+# Configurations whose every answer is meshguard's local reply (an error status by design).
+LOCAL_REPLIES = {"breaker-open"}
+
+
+def wrk(port, duration, connections, local_replies=False):
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"]
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", "1"] + cmd
@@ -220,7 +232,10 @@ def wrk(port, duration, connections):
     p50 = parse_latency(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
     p99 = parse_latency(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if errors:
+    if local_replies:
+        if not errors or int(errors.group(1)) != requests:
+            sys.exit(f"expected only local replies on port {port}:\n{out}")
+    elif errors:
         sys.exit(f"wrk saw {errors.group(1)} error responses on port {port}:\n{out}")
     return requests, rps, p50, p99
 
@@ -256,15 +271,15 @@ def main():
     try:
         for name in names:
             envoys[name] = Envoy(name, CONFIGS[name][1], workdir)
-        for e in envoys.values():  # warm-up: JIT, connection pools, allocator
-            wrk(e.port, 2, args.connections)
+        for name, e in envoys.items():  # warm-up: JIT, connection pools, allocator
+            wrk(e.port, 2, args.connections, name in LOCAL_REPLIES)
         samples = {name: [] for name in names}
         for r in range(args.rounds):
             order = names[r % len(names):] + names[: r % len(names)]
             for name in order:
                 e = envoys[name]
                 before = e.cpu_seconds()
-                requests, rps, p50, p99 = wrk(e.port, args.duration, args.connections)
+                requests, rps, p50, p99 = wrk(e.port, args.duration, args.connections, name in LOCAL_REPLIES)
                 cpu_us = (e.cpu_seconds() - before) * 1e6 / requests
                 samples[name].append({"cpu_us": cpu_us, "rps": rps, "p50_us": p50, "p99_us": p99})
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)

@@ -286,3 +286,15 @@ fn keys_change_with_rule_name_and_window() {
     assert_eq!(key("mg", "payments", &count), "meshguard/mg/circuit/payments/count20");
     assert_eq!(key("mg", "payments", &time), "meshguard/mg/circuit/payments/time60s");
 }
+
+#[test]
+fn a_success_into_a_full_healthy_count_window_changes_nothing() {
+    let c = cfg(r#"{"window": {"type": "count", "size": 3}}"#);
+    let mut s = State::new(&c);
+    calls(&mut s, &c, &[OK, OK, OK], T0);
+    let before = s.clone();
+    calls(&mut s, &c, &[OK], T0);
+    assert_eq!(s, before);
+    calls(&mut s, &c, &[FAIL, OK, OK, OK], T0);
+    assert_eq!(s.totals(T0), Totals { calls: 3, failures: 0, slow: 0 }, "the failure slid out");
+}

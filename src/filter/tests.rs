@@ -524,12 +524,18 @@ fn rules_without_a_breaker_touch_no_shared_data() {
 }
 
 #[test]
-fn closed_success_path_swaps_once_per_response_and_not_on_the_request() {
+fn closed_success_path_swaps_once_per_response_and_not_when_the_window_is_all_successes() {
     let mut host = FakeHost::with_request(&[]);
-    let plugin = breaker_plugin(r#"{"circuit_breaker": {}}"#, &mut host);
+    let plugin = breaker_plugin(r#"{"circuit_breaker": {"window": {"type": "count", "size": 5}}}"#, &mut host);
     let sets = host.shared_sets;
     call(&plugin, &mut host, "200", 0);
-    assert_eq!(host.shared_sets - sets, 1);
+    assert_eq!(host.shared_sets - sets, 1, "no write on the request path");
+    for _ in 0..4 {
+        call(&plugin, &mut host, "200", 0);
+    }
+    let sets = host.shared_sets;
+    call(&plugin, &mut host, "200", 0);
+    assert_eq!(host.shared_sets, sets, "a full window of successes stays as it is");
 }
 
 #[test]
@@ -595,4 +601,20 @@ fn forced_open_rejects_with_the_configured_status() {
     let plugin = breaker_plugin(r#"{"circuit_breaker": {"mode": "forced_open", "open_status": 429}}"#, &mut host);
     assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Stop);
     assert_eq!(host.local_replies[0].0, 429);
+}
+
+#[test]
+fn a_renamed_rule_or_resized_window_starts_from_a_closed_circuit() {
+    let open = r#"{"routes": [{"name": "pay", "circuit_breaker": {"consecutive_failures": 1, "window": {"type": "count", "size": 10}}}]}"#;
+    let mut host = FakeHost::with_request(&[]);
+    let plugin = breaker_plugin(open, &mut host);
+    call(&plugin, &mut host, "500", 0);
+    assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Stop, "open");
+    // The same configuration again (a reload) keeps the open circuit.
+    let again = breaker_plugin(open, &mut host);
+    assert_eq!(call(&again, &mut host, "200", 0), Verdict::Stop);
+    for changed in [open.replace("\"pay\"", "\"payments\""), open.replace("\"size\": 10", "\"size\": 11")] {
+        let plugin = breaker_plugin(&changed, &mut host);
+        assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Continue, "{changed}");
+    }
 }
