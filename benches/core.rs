@@ -186,6 +186,9 @@ impl Host for NullHost {
     fn send_local_reply(&mut self, _: u32, _: &HeaderMap, _: &[u8]) -> Result<(), HostError> {
         Ok(())
     }
+    fn request_body(&mut self, _: usize) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 criterion_group!(core, benches);

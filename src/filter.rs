@@ -6,10 +6,14 @@
 use std::cell::Cell;
 
 mod circuit;
+mod dedup;
 
 use crate::breaker::{self, Admission};
 use crate::config::{Config, LogLevel, TraceMode, TraceResponse};
+use crate::config::{DuplicateStatus, Fingerprint, OnMissing, Scope};
 use crate::correlation::{self, Outcome};
+use crate::dedup::store::Check;
+use crate::dedup::{self as dd, Layout};
 use crate::headers::HeaderMap;
 use crate::ids::Entropy;
 use crate::logline::RequestLog;
@@ -17,6 +21,7 @@ use crate::metrics;
 use crate::rules::{self, Facts};
 use crate::trace::{self, Tracestate};
 pub use circuit::{Admitted, CircuitMetrics};
+pub use dedup::{DedupMetrics, Held, StoreMetrics};
 
 /// A metric id handed out by the host.
 pub type MetricId = u32;
@@ -54,6 +59,8 @@ pub trait Host {
     fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, HostError>;
     /// Answers the request locally (the upstream is never called).
     fn send_local_reply(&mut self, status: u32, headers: &HeaderMap, body: &[u8]) -> Result<(), HostError>;
+    /// The first `max` bytes of the buffered request body.
+    fn request_body(&mut self, max: usize) -> Option<Vec<u8>>;
 }
 
 /// What the shell does with the request after `on_request_headers`.
@@ -62,6 +69,8 @@ pub enum Verdict {
     Continue,
     /// A local reply was sent: stop the filter chain.
     Stop,
+    /// Hold the request until its body is there (dedup `fingerprint: "body"`).
+    Wait,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +92,9 @@ pub struct Metrics {
     pub errors: Option<MetricId>,
     /// `meshguard_circuit_*{rule}` by rule index (default rule last); `None` without a breaker.
     pub circuit: Vec<Option<CircuitMetrics>>,
+    /// `meshguard_dedup_total{rule,outcome}` by rule index; `None` without dedup.
+    pub dedup: Vec<Option<DedupMetrics>>,
+    pub store: StoreMetrics,
 }
 
 impl Metrics {
@@ -97,7 +109,18 @@ impl Metrics {
             .all_rules()
             .map(|r| r.circuit_breaker.as_ref().map(|_| CircuitMetrics::define(&r.name, &mut define)))
             .collect();
-        Metrics { requests, correlation, trace, errors, circuit }
+        let dedup =
+            config.all_rules().map(|r| r.dedup.as_ref().map(|_| DedupMetrics::define(&r.name, &mut define))).collect();
+        let store = if config.all_rules().any(|r| r.dedup.is_some()) {
+            StoreMetrics::define(&mut define)
+        } else {
+            StoreMetrics::default()
+        };
+        Metrics { requests, correlation, trace, errors, circuit, dedup, store }
+    }
+
+    fn dedup(&self, config: &Config, rule: Option<usize>, outcome: dd::Outcome) -> Option<MetricId> {
+        self.dedup.get(rule.unwrap_or(config.rules.len()))?.as_ref()?.outcome(outcome)
     }
 
     fn circuit(&self, config: &Config, rule: Option<usize>) -> Option<&CircuitMetrics> {
@@ -127,6 +150,10 @@ pub struct Plugin {
     pub metrics: Metrics,
     /// Shared-data key of each rule's circuit (default rule last); `None` without a breaker.
     pub circuit_keys: Vec<Option<String>>,
+    /// The plugin's name in Envoy, part of every shared-data key.
+    pub name: String,
+    /// The dedup store's buckets (one store per plugin, sized by the largest `max_entries`).
+    pub dedup_layout: Option<Layout>,
     /// The first traced stream of this worker has checked whether an Envoy tracer rewrote the
     /// trace headers after meshguard (see [`Stream::on_log`]).
     tracer_checked: Cell<bool>,
@@ -138,7 +165,9 @@ impl Plugin {
     pub fn new(config: Config, metrics: Metrics, name: &str) -> Plugin {
         let circuit_keys =
             config.all_rules().map(|r| r.circuit_breaker.as_ref().map(|cb| breaker::key(name, &r.name, cb))).collect();
-        Plugin { config, metrics, circuit_keys, tracer_checked: Cell::new(false) }
+        let dedup_layout =
+            config.all_rules().filter_map(|r| r.dedup.as_ref()).map(|d| d.max_entries).max().map(Layout::new);
+        Plugin { config, metrics, circuit_keys, name: name.to_string(), dedup_layout, tracer_checked: Cell::new(false) }
     }
 
     /// Creates every rule's circuit value that does not exist yet (from `on_configure`).
@@ -163,6 +192,8 @@ pub mod state {
     pub const TRACE_ID: &str = "meshguard.trace_id";
     pub const SPAN_ID: &str = "meshguard.span_id";
     pub const CIRCUIT: &str = "meshguard.circuit";
+    pub const EVENT_ID: &str = "meshguard.event_id";
+    pub const DEDUP: &str = "meshguard.dedup";
 }
 
 /// One HTTP stream.
@@ -178,12 +209,46 @@ pub struct Stream {
     circuit: Option<&'static str>,
     /// meshguard answered this request itself: its response is no outcome.
     local_reply: bool,
+    /// The request's event id (as sent, or generated) and what dedup made of it.
+    event_id: Option<String>,
+    dedup: Option<dd::Outcome>,
+    /// The key this request holds in flight, and its bucket.
+    held: Option<(Held, u32)>,
+    /// Waiting for the body to fingerprint: the key's id and the method and path.
+    pending: Option<Pending>,
     /// An internal error was counted and logged already for this stream.
     failed: bool,
 }
 
+/// A request whose dedup check waits for its body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Pending {
+    id: u128,
+    method: Vec<u8>,
+    path: Vec<u8>,
+}
+
+/// A dedup local reply: status, `x-meshguard-dedup` value, extra headers, JSON body (none for 204/304).
+struct DedupReply {
+    status: u32,
+    marker: &'static str,
+    retry_after: bool,
+    body: Option<String>,
+}
+
 impl Stream {
+    /// The request headers of a request without a body (tests, and requests that end here).
     pub fn on_request_headers(&mut self, plugin: &Plugin, host: &mut impl Host, entropy: &mut impl Entropy) -> Verdict {
+        self.on_request_headers_eos(plugin, host, entropy, true)
+    }
+
+    pub fn on_request_headers_eos(
+        &mut self,
+        plugin: &Plugin,
+        host: &mut impl Host,
+        entropy: &mut impl Entropy,
+        end_of_stream: bool,
+    ) -> Verdict {
         let config = &plugin.config;
         let headers = host.request_headers();
         self.rule = rules::select(&config.rules, &mut LazyFacts::new(&headers, host));
@@ -211,6 +276,20 @@ impl Stream {
             self.correlation_id = Some(id);
             return Verdict::Stop;
         }
+        if let Some(reply) = self.dedup_request(plugin, host, &headers, &id, entropy, end_of_stream) {
+            self.set_states(plugin, host, &id, &decision, trace_id.as_deref());
+            self.dedup_reply(plugin, host, &id, reply);
+            self.correlation_id = Some(id);
+            return Verdict::Stop;
+        }
+        if let (Some(generated), Some(cfg)) = (&self.event_id, &plugin.config.rule(self.rule).dedup) {
+            if self.dedup == Some(dd::Outcome::Generated) {
+                if let Some(header) = cfg.headers.first() {
+                    let r = host.set_request_header(header, generated.as_bytes());
+                    self.check(plugin, host, r, &id);
+                }
+            }
+        }
 
         if outcome != Outcome::Kept {
             let r = host.set_request_header(&c.header, id.as_bytes());
@@ -231,7 +310,233 @@ impl Stream {
         self.set_states(plugin, host, &id, &decision, trace_id.as_deref());
         self.trace = decision.map(|d| d.context);
         self.correlation_id = Some(id);
-        Verdict::Continue
+        if self.pending.is_some() {
+            Verdict::Wait
+        } else {
+            Verdict::Continue
+        }
+    }
+
+    /// The request body, while the dedup check waits for it: decides once the body is complete
+    /// or 64 KiB of it are buffered.
+    pub fn on_request_body(
+        &mut self,
+        plugin: &Plugin,
+        host: &mut impl Host,
+        size: usize,
+        end_of_stream: bool,
+    ) -> Verdict {
+        let Some(pending) = self.pending.clone() else {
+            return Verdict::Continue;
+        };
+        if !end_of_stream && size < dd::MAX_BODY_FINGERPRINT {
+            return Verdict::Wait;
+        }
+        self.pending = None;
+        let body = host.request_body(size.min(dd::MAX_BODY_FINGERPRINT)).unwrap_or_default();
+        let fingerprint = dd::fingerprint(&pending.method, &pending.path, Some(&body));
+        let id = self.correlation_id.clone().unwrap_or_default();
+        match self.dedup_check(plugin, host, pending.id, fingerprint, &id) {
+            Some(reply) => {
+                let r = host.set_filter_state(state::DEDUP, self.dedup.map_or("none", dd::Outcome::as_str).as_bytes());
+                self.check(plugin, host, r, &id);
+                self.dedup_reply(plugin, host, &id, reply);
+                Verdict::Stop
+            }
+            None => Verdict::Continue,
+        }
+    }
+
+    /// Finds the request's event key and checks it (unless the body must be read first). `Some`
+    /// when meshguard answers the request itself.
+    fn dedup_request(
+        &mut self,
+        plugin: &Plugin,
+        host: &mut impl Host,
+        headers: &HeaderMap,
+        id: &str,
+        entropy: &mut impl Entropy,
+        end_of_stream: bool,
+    ) -> Option<DedupReply> {
+        let rule = plugin.config.rule(self.rule);
+        let cfg = rule.dedup.as_ref()?;
+        let method = headers.get(":method").unwrap_or_default();
+        if !cfg.methods.iter().any(|m| m.as_bytes() == method) {
+            return None;
+        }
+        let (key, event_id) = match dd::event_key(headers, &cfg.headers) {
+            dd::Key::Valid { key, event_id } => (key, event_id),
+            dd::Key::Missing => {
+                return match cfg.on_missing {
+                    OnMissing::Pass => {
+                        self.dedup_outcome(plugin, host, dd::Outcome::Missing);
+                        None
+                    }
+                    OnMissing::Reject => {
+                        self.dedup_outcome(plugin, host, dd::Outcome::Missing);
+                        let mut body = String::from("{\"error\":\"missing_event_id\",\"headers\":[");
+                        for (i, h) in cfg.headers.iter().enumerate() {
+                            if i > 0 {
+                                body.push(',');
+                            }
+                            crate::logline::push_json_string(&mut body, h.as_bytes());
+                        }
+                        body.push_str("]}");
+                        Some(DedupReply { status: 400, marker: "missing", retry_after: false, body: Some(body) })
+                    }
+                    OnMissing::Generate => {
+                        self.event_id = Some(crate::ids::uuid4(entropy));
+                        self.dedup_outcome(plugin, host, dd::Outcome::Generated);
+                        None
+                    }
+                };
+            }
+            dd::Key::Invalid { header, reason } => {
+                self.dedup_outcome(plugin, host, dd::Outcome::Invalid);
+                let mut body = String::from("{\"error\":\"invalid_event_id\",\"header\":");
+                crate::logline::push_json_string(&mut body, header.as_bytes());
+                body.push_str(",\"reason\":");
+                crate::logline::push_json_string(&mut body, reason.as_bytes());
+                body.push('}');
+                return Some(DedupReply { status: 400, marker: "invalid", retry_after: false, body: Some(body) });
+            }
+        };
+        self.event_id = Some(event_id);
+        let caller = match cfg.scope {
+            Scope::Rule => None,
+            // The mTLS peer's identity (a SPIFFE id in Istio); without mTLS, empty.
+            Scope::Caller => Some(host.property(&["connection", "uri_san_peer_certificate"]).unwrap_or_default()),
+        };
+        let key_id = dd::key_id(&rule.name, caller.as_deref(), &key);
+        let path = headers.get(":path").unwrap_or_default();
+        let fingerprint = match cfg.fingerprint {
+            Fingerprint::None => 0,
+            Fingerprint::MethodPath => dd::fingerprint(method, path, None),
+            Fingerprint::Body if end_of_stream => dd::fingerprint(method, path, Some(&[])),
+            Fingerprint::Body => {
+                self.pending = Some(Pending { id: key_id, method: method.to_vec(), path: path.to_vec() });
+                return None;
+            }
+        };
+        self.dedup_check(plugin, host, key_id, fingerprint, id)
+    }
+
+    /// Looks the key up in the store (recording it in flight when new).
+    fn dedup_check(
+        &mut self,
+        plugin: &Plugin,
+        host: &mut impl Host,
+        key_id: u128,
+        fingerprint: u64,
+        id: &str,
+    ) -> Option<DedupReply> {
+        let cfg = plugin.config.rule(self.rule).dedup.as_ref()?;
+        let layout = plugin.dedup_layout?;
+        let bucket = layout.bucket_of(key_id);
+        let key = layout.key(&plugin.name, bucket);
+        let now = host.now();
+        // A nonce that says which request owns the entry; never 0.
+        let nonce = (now as u32 ^ (key_id as u32).rotate_left(7) ^ (bucket << 3)) | 1;
+        let (check, fx) = match dedup::check(host, &layout, &key, key_id, fingerprint, nonce, now, cfg.in_flight_ttl) {
+            Ok(r) => r,
+            Err(e) => {
+                self.internal_error(plugin, host, e, Some(id));
+                return None;
+            }
+        };
+        plugin.metrics.store.apply(host, fx);
+        let event_id = self.event_id.clone().unwrap_or_default();
+        let body = |error: &str| {
+            let mut b = format!("{{\"error\":\"{error}\",\"event_id\":");
+            crate::logline::push_json_string(&mut b, event_id.as_bytes());
+            b.push('}');
+            b
+        };
+        match check {
+            Check::First => {
+                self.held = Some((Held { id: key_id, nonce }, bucket));
+                self.dedup_outcome(plugin, host, dd::Outcome::First);
+                None
+            }
+            Check::Duplicate { status: original } => {
+                self.dedup_outcome(plugin, host, dd::Outcome::Duplicate);
+                let status = match cfg.duplicate_status {
+                    DuplicateStatus::Replay => u32::from(original),
+                    DuplicateStatus::Fixed(s) => s,
+                };
+                let body = (!matches!(status, 204 | 304)).then(|| {
+                    let mut b = String::from("{\"dedup\":\"duplicate\",\"event_id\":");
+                    crate::logline::push_json_string(&mut b, event_id.as_bytes());
+                    b.push_str(&format!(",\"status\":{original}}}"));
+                    b
+                });
+                Some(DedupReply { status, marker: "duplicate", retry_after: false, body })
+            }
+            Check::InFlight => {
+                self.dedup_outcome(plugin, host, dd::Outcome::InFlight);
+                Some(DedupReply { status: 409, marker: "in-flight", retry_after: true, body: Some(body("in_flight")) })
+            }
+            Check::Mismatch => {
+                self.dedup_outcome(plugin, host, dd::Outcome::Mismatch);
+                Some(DedupReply {
+                    status: 422,
+                    marker: "mismatch",
+                    retry_after: false,
+                    body: Some(body("fingerprint_mismatch")),
+                })
+            }
+        }
+    }
+
+    fn dedup_outcome(&mut self, plugin: &Plugin, host: &mut impl Host, outcome: dd::Outcome) {
+        self.dedup = Some(outcome);
+        increment(host, plugin.metrics.dedup(&plugin.config, self.rule, outcome));
+    }
+
+    fn dedup_reply(&mut self, plugin: &Plugin, host: &mut impl Host, id: &str, reply: DedupReply) {
+        let config = &plugin.config;
+        let mut headers: Vec<(&str, &[u8])> = vec![("x-meshguard-dedup", reply.marker.as_bytes())];
+        if reply.body.is_some() {
+            headers.push(("content-type", b"application/json"));
+        }
+        if reply.retry_after {
+            headers.push(("retry-after", b"1"));
+        }
+        if config.correlation.echo_downstream {
+            headers.push((&config.correlation.header, id.as_bytes()));
+        }
+        self.local_reply = true;
+        let body = reply.body.unwrap_or_default();
+        let r = host.send_local_reply(reply.status, &HeaderMap::from_pairs(&headers), body.as_bytes());
+        self.check(plugin, host, r, id);
+    }
+
+    /// The response (or its absence) settles the key this request holds: completed on a
+    /// `success_status`, released otherwise.
+    fn dedup_settle(&mut self, plugin: &Plugin, host: &mut impl Host, status: Option<u32>) {
+        let Some((held, bucket)) = self.held.take() else {
+            return;
+        };
+        let (Some(cfg), Some(layout)) = (plugin.config.rule(self.rule).dedup.as_ref(), plugin.dedup_layout) else {
+            return;
+        };
+        let key = layout.key(&plugin.name, bucket);
+        let id = self.correlation_id.clone().unwrap_or_default();
+        let now = host.now();
+        let result = match status {
+            Some(s) if cfg.success_status.contains(s) => {
+                dedup::complete(host, &layout, &key, held, s as u16, now, cfg.ttl).map(|_| ())
+            }
+            _ => dedup::release(host, &layout, &key, held).map(|fx| {
+                plugin.metrics.store.apply(host, fx);
+                self.dedup_outcome(plugin, host, dd::Outcome::Released);
+                let r = host.set_filter_state(state::DEDUP, b"released");
+                self.check(plugin, host, r, &id);
+            }),
+        };
+        if let Err(e) = result {
+            self.internal_error(plugin, host, e, Some(&id));
+        }
     }
 
     /// Filter state for the access log.
@@ -256,6 +561,14 @@ impl Stream {
         }
         if let Some(label) = self.circuit {
             let r = host.set_filter_state(state::CIRCUIT, label.as_bytes());
+            self.check(plugin, host, r, id);
+        }
+        if let Some(event_id) = &self.event_id {
+            let r = host.set_filter_state(state::EVENT_ID, event_id.as_bytes());
+            self.check(plugin, host, r, id);
+        }
+        if let Some(outcome) = self.dedup {
+            let r = host.set_filter_state(state::DEDUP, outcome.as_str().as_bytes());
             self.check(plugin, host, r, id);
         }
     }
@@ -374,10 +687,11 @@ impl Stream {
     }
 
     pub fn on_response_headers(&mut self, plugin: &Plugin, host: &mut impl Host) {
-        if self.admitted.is_some() && !self.local_reply {
+        if (self.admitted.is_some() || self.held.is_some()) && !self.local_reply {
             let status = host.response_header(":status").and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
             // A response without a readable status is Envoy's own doing: count it like a reset.
             self.circuit_record(plugin, host, status);
+            self.dedup_settle(plugin, host, status);
         }
         // No id: the request never reached this filter (e.g. Envoy rejected it first).
         let Some(id) = self.correlation_id.take() else {
@@ -408,6 +722,9 @@ impl Stream {
         if self.admitted.is_some() && !self.local_reply {
             // The stream ended without response headers (reset, downstream gone).
             self.circuit_record(plugin, host, None);
+        }
+        if self.held.is_some() && !self.local_reply {
+            self.dedup_settle(plugin, host, None);
         }
         if let Some(context) = self.trace.filter(|_| !plugin.tracer_checked.replace(true)) {
             check_envoy_tracer(host, &context);
@@ -448,8 +765,8 @@ impl Stream {
             upstream_cluster: cluster.as_deref(),
             response_flags: flags,
             circuit: self.circuit,
-            dedup: "none",
-            ..RequestLog::default()
+            event_id: self.event_id.as_deref(),
+            dedup: self.dedup.map_or("none", dd::Outcome::as_str),
         }
         .to_json(config.log.include_query);
         host.log(config.log.level, &line);
@@ -490,6 +807,35 @@ fn check_envoy_tracer(host: &mut impl Host, ours: &trace::Context) {
              set trace.mode to \"defer\" when Envoy tracing is on",
         );
     }
+}
+
+/// Attempts at a compare-and-swap before the request fails open (SPEC "Failure and bad input").
+pub const MAX_CAS_ATTEMPTS: usize = 16;
+
+/// Read a shared-data value, change it, compare-and-swap it back; again on a mismatch, at most
+/// [`MAX_CAS_ATTEMPTS`] times. A value that does not decode counts as `fresh()`. No write when
+/// `change` left the value as it was.
+fn cas_update<T: Clone + PartialEq, R>(
+    host: &mut impl Host,
+    key: &str,
+    decode: impl Fn(&[u8]) -> Option<T>,
+    fresh: impl Fn() -> T,
+    encode: impl Fn(&T) -> Vec<u8>,
+    mut change: impl FnMut(&mut T) -> R,
+) -> Result<R, HostError> {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (bytes, cas) = host.shared_get(key)?.unwrap_or_default();
+        let before = decode(&bytes);
+        let mut value = before.clone().unwrap_or_else(&fresh);
+        let result = change(&mut value);
+        if before.as_ref() == Some(&value) {
+            return Ok(result);
+        }
+        if host.shared_set(key, &encode(&value), cas)? {
+            return Ok(result);
+        }
+    }
+    Err(HostError("shared data contended: compare-and-swap attempts exhausted"))
 }
 
 /// A little-endian u64 property value (`response.code`, `response.flags`, `request.duration`).

@@ -8,6 +8,7 @@
 pub mod breaker;
 pub mod config;
 pub mod correlation;
+pub mod dedup;
 pub mod filter;
 pub mod headers;
 pub mod ids;

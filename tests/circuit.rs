@@ -21,14 +21,20 @@ fn two_rules(breaker: &str) -> String {
 
 fn transitions(envoy: &Envoy, rule: &str) -> Vec<String> {
     let prefix = format!("circuit {rule} ");
-    envoy.meshguard_lines().into_iter().filter_map(|l| l.split_once(&prefix).map(|(_, rest)| rest.to_string())).collect()
+    envoy
+        .meshguard_lines()
+        .into_iter()
+        .filter_map(|l| l.split_once(&prefix).map(|(_, rest)| rest.to_string()))
+        .collect()
 }
 
 #[test]
 fn failing_upstream_opens_the_circuit_and_open_answers_locally() {
     let upstream = Upstream::start();
     let envoy = Envoy::start(
-        &two_rules(r#"{"failure_rate_threshold": 50, "window": {"type": "count", "size": 10}, "minimum_calls": 4, "open_duration": "30s"}"#),
+        &two_rules(
+            r#"{"failure_rate_threshold": 50, "window": {"type": "count", "size": 10}, "minimum_calls": 4, "open_duration": "30s"}"#,
+        ),
         upstream.port,
     );
     for i in 0..4 {
@@ -52,13 +58,22 @@ fn failing_upstream_opens_the_circuit_and_open_answers_locally() {
     assert_eq!(send(envoy.port, &Request::get("/b/ok")).unwrap().status, 200);
 
     let line = envoy.access_log_for("c-open");
-    assert_eq!((line["circuit"].as_str(), line["rule"].as_str(), line["status"].as_u64()), (Some("rejected"), Some("a"), Some(503)));
+    assert_eq!(
+        (line["circuit"].as_str(), line["rule"].as_str(), line["status"].as_u64()),
+        (Some("rejected"), Some("a"), Some(503))
+    );
     envoy.wait_metric(r#"meshguard_circuit_state{rule="a"}"#, 2.0);
     envoy.wait_metric(r#"meshguard_circuit_state{rule="b"}"#, 0.0);
     envoy.wait_metric(r#"meshguard_circuit_transitions_total{rule="a",to="open"}"#, 1.0);
     envoy.wait_metric(r#"meshguard_circuit_rejected_total{rule="a"}"#, 1.0);
     envoy.wait_metric(r#"meshguard_circuit_failures_total{rule="a"}"#, 4.0);
-    assert_eq!(transitions(&envoy, "a"), vec!["closed -> open (failure rate 100% of 4 calls; open for 30s) (correlation_id=".to_string() + &transition_id(&envoy)]);
+    assert_eq!(
+        transitions(&envoy, "a"),
+        vec![
+            "closed -> open (failure rate 100% of 4 calls; open for 30s) (correlation_id=".to_string()
+                + &transition_id(&envoy)
+        ]
+    );
 }
 
 /// The correlation id in the one transition line (generated for the call that tripped it).
@@ -72,7 +87,7 @@ fn unreachable_upstream_counts_as_failure_by_envoy_flags() {
     let upstream = Upstream::start();
     let port = upstream.port;
     drop(upstream); // nothing listens any more: Envoy answers 503 UF itself
-    // 503 is not in failure_status: only the response flags make these failures.
+                    // 503 is not in failure_status: only the response flags make these failures.
     let envoy = Envoy::start(r#"{"circuit_breaker": {"consecutive_failures": 3, "failure_status": [500]}}"#, port);
     for _ in 0..3 {
         assert_eq!(send(envoy.port, &Request::get("/x")).unwrap().status, 503);
@@ -165,7 +180,8 @@ fn parallel_failures_over_two_workers_open_at_the_same_call_count_and_once() {
 #[test]
 fn metrics_only_watches_without_rejecting() {
     let upstream = Upstream::start();
-    let envoy = Envoy::start(r#"{"circuit_breaker": {"consecutive_failures": 2, "mode": "metrics_only"}}"#, upstream.port);
+    let envoy =
+        Envoy::start(r#"{"circuit_breaker": {"consecutive_failures": 2, "mode": "metrics_only"}}"#, upstream.port);
     for _ in 0..2 {
         send(envoy.port, &Request::get("/status/500")).unwrap();
     }

@@ -10,9 +10,6 @@ use crate::breaker::{Admission, Phase, State, Transition};
 use crate::config::{Breaker, LogLevel};
 use crate::metrics;
 
-/// Attempts at a compare-and-swap before the request fails open (SPEC "Failure and bad input").
-pub const MAX_CAS_ATTEMPTS: usize = 16;
-
 /// `meshguard_circuit_*{rule}` ids of one rule.
 #[derive(Clone, Debug, Default)]
 pub struct CircuitMetrics {
@@ -86,27 +83,14 @@ pub fn init(host: &mut impl Host, key: &str, cfg: &Breaker) -> Result<(), HostEr
     Ok(())
 }
 
-/// Read, change, compare-and-swap; again on a mismatch, at most [`MAX_CAS_ATTEMPTS`] times. No
-/// write when `change` left the state as it was.
+/// Read, change, compare-and-swap the rule's state.
 fn update<R>(
     host: &mut impl Host,
     key: &str,
     cfg: &Breaker,
-    mut change: impl FnMut(&mut State) -> (R, Option<Transition>),
+    change: impl FnMut(&mut State) -> (R, Option<Transition>),
 ) -> Result<(R, Option<Transition>), HostError> {
-    for _ in 0..MAX_CAS_ATTEMPTS {
-        let (bytes, cas) = host.shared_get(key)?.unwrap_or_default();
-        let before = State::decode(&bytes, cfg);
-        let mut state = before.clone().unwrap_or_else(|| State::new(cfg));
-        let (result, transition) = change(&mut state);
-        if before.as_ref() == Some(&state) {
-            return Ok((result, transition));
-        }
-        if host.shared_set(key, &state.encode(), cas)? {
-            return Ok((result, transition));
-        }
-    }
-    Err(HostError("circuit state contended: compare-and-swap attempts exhausted"))
+    super::cas_update(host, key, |b| State::decode(b, cfg), || State::new(cfg), State::encode, change)
 }
 
 /// Logs and counts a transition (the caller's swap made it, so it happens once per process).

@@ -26,6 +26,7 @@ struct FakeHost {
     /// The next this many swaps fail as if another worker had written first.
     cas_conflicts: usize,
     local_replies: Vec<LocalReply>,
+    body: Vec<u8>,
 }
 
 /// Status, headers and body of a local reply.
@@ -109,6 +110,9 @@ impl Host for FakeHost {
         let next = current.unwrap_or(0) + 1;
         self.shared.insert(key.to_string(), (value.to_vec(), next));
         Ok(true)
+    }
+    fn request_body(&mut self, max: usize) -> Option<Vec<u8>> {
+        Some(self.body.iter().take(max).copied().collect())
     }
     fn send_local_reply(&mut self, status: u32, headers: &HeaderMap, body: &[u8]) -> Result<(), HostError> {
         self.local_replies.push((

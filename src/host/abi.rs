@@ -40,6 +40,25 @@ extern "C" {
     ) -> Status;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> Status;
     fn proxy_record_metric(metric_id: u32, value: u64) -> Status;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> Status;
+}
+
+/// The first `max` bytes of the request body buffered so far; `None` when there is none.
+pub fn request_body(max: usize) -> Option<Vec<u8>> {
+    const HTTP_REQUEST_BODY: u32 = 0;
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as in `header_map`: the host hands over a buffer allocated by our allocator.
+    match unsafe { proxy_get_buffer_bytes(HTTP_REQUEST_BODY, 0, max, &mut data, &mut size) } {
+        Status::Ok if !data.is_null() => Some(unsafe { Vec::from_raw_parts(data, size, size) }),
+        _ => None,
+    }
 }
 
 /// Sets a gauge; a failure to record a stat is not worth a crash.

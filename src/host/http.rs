@@ -28,14 +28,24 @@ impl HttpStream {
 
 impl Context for HttpStream {}
 
+fn action(verdict: Verdict) -> Action {
+    match verdict {
+        Verdict::Continue => Action::Continue,
+        // A local reply was sent, or the body is being buffered: Envoy holds the request.
+        Verdict::Stop | Verdict::Wait => Action::Pause,
+    }
+}
+
 impl HttpContext for HttpStream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let verdict =
-            ENTROPY.with_borrow_mut(|entropy| self.stream.on_request_headers(&self.plugin, &mut WasmHost, entropy));
-        match verdict {
-            Verdict::Continue => Action::Continue,
-            Verdict::Stop => Action::Pause,
-        }
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let verdict = ENTROPY.with_borrow_mut(|entropy| {
+            self.stream.on_request_headers_eos(&self.plugin, &mut WasmHost, entropy, end_of_stream)
+        });
+        action(verdict)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        action(self.stream.on_request_body(&self.plugin, &mut WasmHost, body_size, end_of_stream))
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -65,6 +65,10 @@ impl Host for WasmHost {
             .map_err(|_| HostError("cannot send local reply"))
     }
 
+    fn request_body(&mut self, max: usize) -> Option<Vec<u8>> {
+        abi::request_body(max)
+    }
+
     fn set_gauge(&mut self, metric: MetricId, value: u64) {
         abi::record_metric(metric, value);
     }

@@ -1,0 +1,162 @@
+//! Event-id deduplication (SPEC §2): the key of a request, and the bounded store of keys.
+//!
+//! * [`event_key`] finds and validates a request's key: the first present header of `headers`
+//!   (`Idempotency-Key` may be a structured-field string; `ce-id` is keyed with `ce-source`).
+//! * [`Store`] is a fixed set of buckets in shared data, each a small list of entries changed by
+//!   compare-and-swap; its layout bounds memory by configuration (see [`Layout`]).
+
+pub mod store;
+#[cfg(test)]
+mod tests;
+
+use std::hash::{Hash, Hasher};
+
+use crate::headers::HeaderMap;
+
+pub use store::{Entry, Layout, Phase};
+
+/// Longest accepted key, in bytes.
+pub const MAX_KEY_LEN: usize = 255;
+/// Body bytes hashed by `fingerprint: "body"`.
+pub const MAX_BODY_FINGERPRINT: usize = 64 * 1024;
+
+/// `meshguard_dedup_total{outcome}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    First,
+    Duplicate,
+    InFlight,
+    Released,
+    Missing,
+    Invalid,
+    Mismatch,
+    Generated,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::First,
+        Outcome::Duplicate,
+        Outcome::InFlight,
+        Outcome::Released,
+        Outcome::Missing,
+        Outcome::Invalid,
+        Outcome::Mismatch,
+        Outcome::Generated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::First => "first",
+            Outcome::Duplicate => "duplicate",
+            Outcome::InFlight => "in_flight",
+            Outcome::Released => "released",
+            Outcome::Missing => "missing",
+            Outcome::Invalid => "invalid",
+            Outcome::Mismatch => "mismatch",
+            Outcome::Generated => "generated",
+        }
+    }
+}
+
+/// A request's event key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Key {
+    /// No header of the list is present.
+    Missing,
+    /// `header` is present but its value is not a valid key.
+    Invalid { header: String, reason: &'static str },
+    /// The key (`ce-source` and `ce-id` joined by a space for CloudEvents) and the header's value
+    /// as it goes into logs.
+    Valid { key: Vec<u8>, event_id: String },
+}
+
+/// The key of a request by the configured header list.
+pub fn event_key(headers: &HeaderMap, names: &[String]) -> Key {
+    for name in names {
+        let Some(raw) = headers.get(name) else {
+            continue;
+        };
+        let value = if name == "idempotency-key" { sf_string(raw) } else { Some(raw.to_vec()) };
+        let Some(value) = value else {
+            return Key::Invalid { header: name.clone(), reason: "not a valid structured-field string" };
+        };
+        if let Some(reason) = invalid(&value) {
+            return Key::Invalid { header: name.clone(), reason };
+        }
+        let event_id = String::from_utf8_lossy(&value).into_owned();
+        let key = if name == "ce-id" {
+            // A CloudEvent is identified by source and id together.
+            let source = headers.get("ce-source").unwrap_or_default();
+            if invalid(source).is_some() && !source.is_empty() {
+                return Key::Invalid { header: "ce-source".into(), reason: "must be visible ASCII, at most 255 bytes" };
+            }
+            let mut k = source.to_vec();
+            k.push(b' ');
+            k.extend_from_slice(&value);
+            k
+        } else {
+            value
+        };
+        return Key::Valid { key, event_id };
+    }
+    Key::Missing
+}
+
+fn invalid(value: &[u8]) -> Option<&'static str> {
+    if value.is_empty() {
+        Some("empty")
+    } else if value.len() > MAX_KEY_LEN {
+        Some("longer than 255 bytes")
+    } else if !value.iter().all(u8::is_ascii_graphic) {
+        Some("must be visible ASCII (0x21-0x7E)")
+    } else {
+        None
+    }
+}
+
+/// An `Idempotency-Key` value: a structured-field string (`"abc"`, with `\"` and `\\` escapes,
+/// RFC 8941 §3.3.3) or, leniently, a bare token. `None` for a malformed string.
+fn sf_string(raw: &[u8]) -> Option<Vec<u8>> {
+    let Some(inner) = raw.strip_prefix(b"\"") else {
+        return Some(raw.to_vec());
+    };
+    let inner = inner.strip_suffix(b"\"")?;
+    let mut out = Vec::with_capacity(inner.len());
+    let mut bytes = inner.iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            b'\\' => match bytes.next() {
+                Some(&e @ (b'"' | b'\\')) => out.push(e),
+                _ => return None,
+            },
+            b'"' => return None,
+            b => out.push(b),
+        }
+    }
+    Some(out)
+}
+
+/// The 128-bit id of a key in the store: scoped by rule and, with `scope: "caller"`, by caller.
+pub fn key_id(rule: &str, caller: Option<&[u8]>, key: &[u8]) -> u128 {
+    let half = |salt: u8| {
+        let mut h = std::hash::DefaultHasher::new();
+        salt.hash(&mut h);
+        rule.hash(&mut h);
+        caller.hash(&mut h);
+        key.hash(&mut h);
+        h.finish()
+    };
+    u128::from(half(1)) << 64 | u128::from(half(2))
+}
+
+/// A request fingerprint (0 for `fingerprint: "none"`).
+pub fn fingerprint(method: &[u8], path: &[u8], body: Option<&[u8]>) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    method.hash(&mut h);
+    path.hash(&mut h);
+    if let Some(body) = body {
+        body.get(..MAX_BODY_FINGERPRINT).unwrap_or(body).hash(&mut h);
+    }
+    h.finish().max(1)
+}

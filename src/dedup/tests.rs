@@ -1,0 +1,157 @@
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use super::store::{Bucket, Check, Effects};
+use super::*;
+
+const S: u64 = 1_000_000_000;
+const T0: u64 = 1_700_000_000 * S;
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn key_of(headers: &[(&str, &[u8])]) -> Key {
+    event_key(&HeaderMap::from_pairs(headers), &names(&["x-event-id", "idempotency-key", "ce-id"]))
+}
+
+#[test]
+fn first_present_header_of_the_list_is_the_key() {
+    assert_eq!(key_of(&[]), Key::Missing);
+    let k = key_of(&[("idempotency-key", b"k-2"), ("x-event-id", b"e-1")]);
+    assert_eq!(k, Key::Valid { key: b"e-1".to_vec(), event_id: "e-1".into() });
+    let k = key_of(&[("idempotency-key", b"\"abc\\\"d\"")]);
+    assert_eq!(k, Key::Valid { key: b"abc\"d".to_vec(), event_id: "abc\"d".into() }, "structured-field string");
+    let k = key_of(&[("idempotency-key", b"plain")]);
+    assert_eq!(k, Key::Valid { key: b"plain".to_vec(), event_id: "plain".into() });
+    let k = key_of(&[("ce-id", b"42"), ("ce-source", b"/orders")]);
+    assert_eq!(k, Key::Valid { key: b"/orders 42".to_vec(), event_id: "42".into() });
+    // Same ce-id from another source is another event.
+    assert_ne!(k, key_of(&[("ce-id", b"42"), ("ce-source", b"/billing")]));
+}
+
+#[test]
+fn invalid_keys_are_refused_with_a_reason() {
+    let long = vec![b'a'; 256];
+    type Case<'a> = (&'a [(&'a str, &'a [u8])], &'a str);
+    let cases: &[Case] = &[
+        (&[("x-event-id", b"")], "empty"),
+        (&[("x-event-id", &long)], "longer than 255 bytes"),
+        (&[("x-event-id", b"has space")], "must be visible ASCII (0x21-0x7E)"),
+        (&[("x-event-id", b"caf\xe9")], "must be visible ASCII (0x21-0x7E)"),
+        (&[("idempotency-key", b"\"open")], "not a valid structured-field string"),
+        (&[("idempotency-key", b"\"bad\\escape\"")], "not a valid structured-field string"),
+        (&[("idempotency-key", b"\"\"")], "empty"),
+    ];
+    for (headers, reason) in cases {
+        match key_of(headers) {
+            Key::Invalid { reason: r, .. } => assert_eq!(r, *reason, "{headers:?}"),
+            other => panic!("{headers:?}: {other:?}"),
+        }
+    }
+    assert!(matches!(key_of(&[("x-event-id", &long[..255])]), Key::Valid { .. }), "255 bytes is fine");
+}
+
+#[test]
+fn ids_are_scoped_by_rule_and_caller() {
+    let a = key_id("orders", None, b"k");
+    assert_eq!(a, key_id("orders", None, b"k"));
+    assert_ne!(a, key_id("billing", None, b"k"));
+    assert_ne!(a, key_id("orders", Some(b"spiffe://a"), b"k"));
+    assert_ne!(key_id("orders", Some(b"spiffe://a"), b"k"), key_id("orders", Some(b"spiffe://b"), b"k"));
+}
+
+#[test]
+fn fingerprints_cover_method_path_and_the_first_64_kib_of_body() {
+    assert_ne!(fingerprint(b"POST", b"/a", None), fingerprint(b"PUT", b"/a", None));
+    assert_ne!(fingerprint(b"POST", b"/a", None), fingerprint(b"POST", b"/b", None));
+    assert_ne!(fingerprint(b"POST", b"/a", Some(b"x")), fingerprint(b"POST", b"/a", Some(b"y")));
+    let mut big = vec![0u8; MAX_BODY_FINGERPRINT];
+    let a = fingerprint(b"POST", b"/a", Some(&big));
+    big.push(1);
+    assert_eq!(a, fingerprint(b"POST", b"/a", Some(&big)), "bytes past 64 KiB are not hashed");
+    assert_ne!(fingerprint(b"POST", b"/a", None), 0);
+}
+
+fn layout(n: u32) -> Layout {
+    Layout::new(n)
+}
+
+#[test]
+fn layout_bounds_entries_by_max_entries() {
+    for max in [1, 7, 8, 9, 17, 100, 1000, 100_000, 1_000_000] {
+        let l = Layout::new(max);
+        assert!(l.buckets * l.per_bucket <= max, "{max}: {l:?}");
+        assert!(l.buckets * l.per_bucket * 10 >= max * 9 || max < 10, "{max}: {l:?} wastes capacity");
+        assert!(l.per_bucket < 256);
+    }
+    assert_eq!(Layout::new(100_000), Layout { buckets: 12_500, per_bucket: 8 });
+    assert_eq!(Layout::new(100_000).bytes_bound(), 12_500 * (2 + 8 * 47 + 200));
+}
+
+#[test]
+fn lifecycle_first_in_flight_completed_duplicate_expired() {
+    let l = layout(8);
+    let mut b = Bucket::default();
+    let (c, fx) = b.check(&l, 7, 1, 100, T0, 60 * S);
+    assert_eq!((c, fx.added), (Check::First, 1));
+    assert_eq!(b.check(&l, 7, 1, 101, T0 + S, 60 * S).0, Check::InFlight);
+    assert_eq!(b.check(&l, 7, 2, 101, T0 + S, 60 * S).0, Check::Mismatch);
+    assert!(!b.complete(7, 999, 201, T0 + S, 600 * S), "not this request's entry");
+    assert!(b.complete(7, 100, 201, T0 + S, 600 * S));
+    assert_eq!(b.check(&l, 7, 1, 102, T0 + 2 * S, 60 * S).0, Check::Duplicate { status: 201 });
+    assert_eq!(b.check(&l, 7, 2, 102, T0 + 2 * S, 60 * S).0, Check::Mismatch);
+    // After ttl the key is new again.
+    let (c, fx) = b.check(&l, 7, 1, 103, T0 + 601 * S + 1, 60 * S);
+    assert_eq!((c, fx.reclaimed, fx.added), (Check::First, 1, 1));
+    assert_eq!(b.entries.len(), 1);
+}
+
+#[test]
+fn in_flight_entries_expire_after_in_flight_ttl_and_release_removes_them() {
+    let l = layout(8);
+    let mut b = Bucket::default();
+    b.check(&l, 7, 1, 1, T0, 60 * S);
+    assert_eq!(b.check(&l, 7, 1, 2, T0 + 60 * S - 1, 60 * S).0, Check::InFlight);
+    assert_eq!(b.check(&l, 7, 1, 3, T0 + 60 * S, 60 * S).0, Check::First, "the vanished request's key expired");
+    // The old owner can neither complete nor release the new request's entry.
+    assert!(!b.complete(7, 1, 200, T0 + 61 * S, S));
+    assert_eq!(b.release(7, 1), Effects::default());
+    assert_eq!(b.release(7, 3).released, 1);
+    assert_eq!(b.check(&l, 7, 1, 4, T0 + 61 * S, 60 * S).0, Check::First);
+}
+
+#[test]
+fn a_full_bucket_reclaims_expired_entries_then_evicts_the_oldest() {
+    let l = Layout { buckets: 1, per_bucket: 3 };
+    let mut b = Bucket::default();
+    b.check(&l, 1, 1, 1, T0, 10 * S);
+    b.check(&l, 2, 1, 2, T0 + S, 100 * S);
+    b.check(&l, 3, 1, 3, T0 + 2 * S, 100 * S);
+    // Entry 1 expired: reclaimed, nothing evicted.
+    let (_, fx) = b.check(&l, 4, 1, 4, T0 + 20 * S, 100 * S);
+    assert_eq!((fx.reclaimed, fx.evicted), (1, 0));
+    // All live: the oldest (2) goes.
+    let (_, fx) = b.check(&l, 5, 1, 5, T0 + 21 * S, 100 * S);
+    assert_eq!((fx.reclaimed, fx.evicted), (0, 1));
+    let ids: Vec<u128> = b.entries.iter().map(|e| e.id).collect();
+    assert_eq!(ids, vec![3, 4, 5]);
+    assert!(b.entries.len() <= 3);
+}
+
+#[test]
+fn buckets_round_trip_and_refuse_other_layouts() {
+    let l = Layout { buckets: 4, per_bucket: 3 };
+    let mut b = Bucket::default();
+    b.check(&l, u128::MAX - 5, 42, 9, T0, S);
+    b.check(&l, 3, 1, 10, T0, S);
+    b.complete(3, 10, 204, T0, S);
+    assert_eq!(Bucket::decode(&b.encode(), &l), Some(b.clone()));
+    assert_eq!(Bucket::decode(&b.encode(), &Layout { buckets: 4, per_bucket: 1 }), None);
+    let bytes = b.encode();
+    for cut in 0..bytes.len() {
+        assert_eq!(Bucket::decode(&bytes[..cut], &l), None);
+    }
+    assert_eq!(Bucket::decode(&[], &l), None);
+    assert_eq!(Bucket::decode(&[1, 0], &l), Some(Bucket::default()));
+}
