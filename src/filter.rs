@@ -69,7 +69,7 @@ pub enum Verdict {
     Continue,
     /// A local reply was sent: stop the filter chain.
     Stop,
-    /// Hold the request until its body is there (dedup `fingerprint: "body"`).
+    /// Hold the body until more of it is there (dedup `fingerprint: "body"`).
     Wait,
 }
 
@@ -310,15 +310,15 @@ impl Stream {
         self.set_states(plugin, host, &id, &decision, trace_id.as_deref());
         self.trace = decision.map(|d| d.context);
         self.correlation_id = Some(id);
-        if self.pending.is_some() {
-            Verdict::Wait
-        } else {
-            Verdict::Continue
-        }
+        // With a pending body fingerprint the headers go on (proxy-wasm cannot hold them and still
+        // see the body); the body is held in `on_request_body` until the key is decided.
+        Verdict::Continue
     }
 
-    /// The request body, while the dedup check waits for it: decides once the body is complete
-    /// or 64 KiB of it are buffered.
+    /// The request body, while the dedup check waits for it: held (buffered by Envoy) until it is
+    /// complete or 64 KiB of it are there, then the key is decided. The request headers have gone
+    /// upstream already; a duplicate's body never does, and the local reply resets the upstream
+    /// request.
     pub fn on_request_body(
         &mut self,
         plugin: &Plugin,

@@ -1,0 +1,186 @@
+//! SPEC §2 in a real Envoy with two workers: replay, release on failure, in-flight, the race of
+//! one key over both workers, every `on_missing` mode, invalid keys, fingerprints, the bound.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod support;
+
+use std::sync::Arc;
+use std::thread;
+
+use support::envoy::Envoy;
+use support::http::{send, Conn, Request};
+use support::upstream::Upstream;
+
+fn post(path: &str, event_id: &str) -> Request {
+    Request::post(path).header("x-event-id", event_id).header("content-length", "0")
+}
+
+#[test]
+fn a_completed_event_is_replayed_locally_with_its_original_status() {
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(r#"{"dedup": {}}"#, upstream.port);
+    let first = send(envoy.port, &post("/charge?status=201", "e-1").header("x-correlation-id", "c-first")).unwrap();
+    assert_eq!(first.status, 201);
+    assert_eq!(upstream.hits(), 1);
+    let dup = send(envoy.port, &post("/charge?status=201", "e-1").header("x-correlation-id", "c-dup")).unwrap();
+    assert_eq!(dup.status, 201, "the original status");
+    assert_eq!(upstream.hits(), 1, "the duplicate never reached the service");
+    assert_eq!(dup.header("x-meshguard-dedup").as_deref(), Some("duplicate"));
+    assert_eq!(dup.header("x-correlation-id").as_deref(), Some("c-dup"));
+    assert_eq!(dup.json()["event_id"], "e-1");
+    let line = envoy.access_log_for("c-dup");
+    assert_eq!((line["dedup"].as_str(), line["event_id"].as_str()), (Some("duplicate"), Some("e-1")));
+    assert_eq!(envoy.access_log_for("c-first")["dedup"], "first");
+    envoy.wait_metric(r#"meshguard_dedup_total{rule="default",outcome="first"}"#, 1.0);
+    envoy.wait_metric(r#"meshguard_dedup_total{rule="default",outcome="duplicate"}"#, 1.0);
+    envoy.wait_metric("meshguard_dedup_entries{}", 1.0);
+    // Another id, and a method outside `methods`, go through.
+    assert_eq!(send(envoy.port, &post("/charge", "e-2")).unwrap().status, 200);
+    assert_eq!(send(envoy.port, &Request::get("/charge").header("x-event-id", "e-1")).unwrap().status, 200);
+    assert_eq!(upstream.hits(), 3);
+}
+
+#[test]
+fn a_failed_first_processing_releases_the_key() {
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(r#"{"dedup": {}}"#, upstream.port);
+    assert_eq!(send(envoy.port, &post("/charge?status=500", "e-9")).unwrap().status, 500);
+    let again = send(envoy.port, &post("/charge?status=200", "e-9").header("x-correlation-id", "c-again")).unwrap();
+    assert_eq!(again.status, 200);
+    assert_eq!(upstream.hits(), 2, "processed again");
+    envoy.wait_metric(r#"meshguard_dedup_total{rule="default",outcome="released"}"#, 1.0);
+    assert_eq!(envoy.access_log_for("c-again")["dedup"], "first");
+    // Now completed: the third copy is a duplicate.
+    assert_eq!(
+        send(envoy.port, &post("/charge", "e-9")).unwrap().header("x-meshguard-dedup").as_deref(),
+        Some("duplicate")
+    );
+}
+
+#[test]
+fn one_key_racing_over_two_workers_reaches_the_service_once() {
+    let upstream = Upstream::start();
+    let envoy = Arc::new(Envoy::start(r#"{"dedup": {}}"#, upstream.port));
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let envoy = Arc::clone(&envoy);
+            thread::spawn(move || {
+                let mut conn = Conn::open(envoy.port).unwrap();
+                let r = conn.send(&post("/pay?delay_ms=400", "race-1")).unwrap();
+                (r.status, r.header("x-meshguard-dedup"), r.header("retry-after"))
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(upstream.hits(), 1, "{results:?}");
+    assert_eq!(results.iter().filter(|(s, _, _)| *s == 200).count(), 1, "{results:?}");
+    for (status, marker, retry) in results.iter().filter(|(s, _, _)| *s != 200) {
+        assert_eq!((*status, marker.as_deref(), retry.as_deref()), (409, Some("in-flight"), Some("1")));
+    }
+    envoy.wait_metric(r#"meshguard_dedup_total{rule="default",outcome="in_flight"}"#, 7.0);
+}
+
+#[test]
+fn missing_keys_pass_reject_or_get_stamped() {
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(r#"{"dedup": {}}"#, upstream.port);
+    assert_eq!(send(envoy.port, &Request::post("/e").header("content-length", "0")).unwrap().status, 200);
+    envoy.wait_metric(r#"meshguard_dedup_total{rule="default",outcome="missing"}"#, 1.0);
+    drop(envoy);
+
+    let envoy = Envoy::start(r#"{"dedup": {"on_missing": "reject"}}"#, upstream.port);
+    let r = send(envoy.port, &Request::post("/e").header("content-length", "0")).unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "missing_event_id");
+    assert_eq!(r.json()["headers"], serde_json::json!(["x-event-id", "idempotency-key", "ce-id"]));
+    drop(envoy);
+
+    let hits = upstream.hits();
+    let envoy = Envoy::start(r#"{"dedup": {"on_missing": "generate"}}"#, upstream.port);
+    let r = send(envoy.port, &Request::post("/e").header("content-length", "0").header("x-correlation-id", "c-gen"))
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let stamped = upstream.last().unwrap().header("x-event-id").unwrap();
+    assert_eq!(stamped.len(), 36, "a UUID: {stamped}");
+    assert_eq!(upstream.hits(), hits + 1);
+    assert_eq!(envoy.access_log_for("c-gen")["event_id"].as_str(), Some(&*stamped));
+    envoy.wait_metric(r#"meshguard_dedup_total{rule="default",outcome="generated"}"#, 1.0);
+}
+
+#[test]
+fn invalid_keys_get_400_with_a_json_error() {
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(r#"{"dedup": {}}"#, upstream.port);
+    for value in [&b"has space"[..], &[b'k'; 256], b"caf\xe9"] {
+        let r =
+            send(envoy.port, &Request::post("/e").header("content-length", "0").header("x-event-id", value)).unwrap();
+        assert_eq!(r.status, 400);
+        assert_eq!(r.json()["error"], "invalid_event_id");
+        assert_eq!(r.json()["header"], "x-event-id");
+    }
+    assert_eq!(upstream.hits(), 0);
+    // Idempotency-Key as a structured-field string is the same key as the bare value.
+    let sf = Request::post("/e").header("content-length", "0").header("idempotency-key", "\"k-1\"");
+    assert_eq!(send(envoy.port, &sf).unwrap().status, 200);
+    let bare = Request::post("/e").header("content-length", "0").header("idempotency-key", "k-1");
+    assert_eq!(send(envoy.port, &bare).unwrap().header("x-meshguard-dedup").as_deref(), Some("duplicate"));
+    envoy.wait_metric(r#"meshguard_dedup_total{rule="default",outcome="invalid"}"#, 3.0);
+}
+
+#[test]
+fn fingerprints_refuse_a_reused_key_with_another_request() {
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(r#"{"dedup": {"fingerprint": "method_path"}}"#, upstream.port);
+    assert_eq!(send(envoy.port, &post("/orders/1", "f-1")).unwrap().status, 200);
+    let r = send(envoy.port, &post("/orders/2", "f-1")).unwrap();
+    assert_eq!((r.status, r.json()["error"].as_str()), (422, Some("fingerprint_mismatch")));
+    assert_eq!(
+        send(envoy.port, &post("/orders/1", "f-1")).unwrap().header("x-meshguard-dedup").as_deref(),
+        Some("duplicate")
+    );
+    drop(envoy);
+
+    let envoy = Envoy::start(r#"{"dedup": {"fingerprint": "body"}}"#, upstream.port);
+    let with_body = |body: &str| Request::post("/pay").header("x-event-id", "b-1").body(body.as_bytes().to_vec());
+    assert_eq!(send(envoy.port, &with_body("{\"amount\":10}")).unwrap().status, 200);
+    assert_eq!(upstream.last().unwrap().body, b"{\"amount\":10}", "the body still reaches the service");
+    let hits = upstream.hits();
+    assert_eq!(send(envoy.port, &with_body("{\"amount\":99}")).unwrap().status, 422);
+    assert_eq!(
+        send(envoy.port, &with_body("{\"amount\":10}")).unwrap().header("x-meshguard-dedup").as_deref(),
+        Some("duplicate")
+    );
+    // The headers went upstream before the body was read; the body never did, so the service
+    // never got a request it could process.
+    assert_eq!(upstream.hits(), hits);
+    // A body larger than 64 KiB is fingerprinted by its first 64 KiB and still forwarded whole.
+    let big = vec![b'x'; 200 * 1024];
+    let r = send(envoy.port, &Request::post("/pay").header("x-event-id", "b-2").body(big.clone())).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(upstream.last().unwrap().body.len(), big.len());
+}
+
+#[test]
+fn a_flood_of_unique_keys_stays_inside_max_entries() {
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(r#"{"dedup": {"max_entries": 16}}"#, upstream.port);
+    let mut conn = Conn::open(envoy.port).unwrap();
+    for i in 0..200 {
+        assert_eq!(conn.send(&post("/e", &format!("flood-{i}"))).unwrap().status, 200);
+    }
+    let entries =
+        envoy.wait_for("dedup entries stat", 15, |e| e.metric("meshguard_dedup_entries{}").filter(|v| *v > 0.0));
+    assert!(entries <= 16.0, "{entries} entries");
+    let evictions =
+        envoy.wait_for("evictions", 15, |e| e.metric("meshguard_dedup_evictions_total{}").filter(|v| *v >= 184.0));
+    assert_eq!(entries + evictions, 200.0);
+}
+
+#[test]
+fn a_fixed_duplicate_status_replaces_the_original() {
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(r#"{"dedup": {"duplicate_status": 409}}"#, upstream.port);
+    assert_eq!(send(envoy.port, &post("/e?status=201", "x-1")).unwrap().status, 201);
+    let r = send(envoy.port, &post("/e?status=201", "x-1")).unwrap();
+    assert_eq!((r.status, r.json()["status"].as_u64()), (409, Some(201)));
+}
