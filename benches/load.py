@@ -103,6 +103,14 @@ CONFIGS = {
         "meshguard, open circuit: every request answered locally (forced_open)",
         [wasm_filter("meshguard", MESHGUARD_WASM, '{"circuit_breaker": {"mode": "forced_open"}}')],
     ),
+    "all-features": (
+        "meshguard, all four features: breaker closed, dedup on a first-seen key (POST, unique x-event-id)",
+        [wasm_filter("meshguard", MESHGUARD_WASM, '{"circuit_breaker": {}, "dedup": {}}')],
+    ),
+    "dedup-replay": (
+        "meshguard, dedup answering a duplicate locally (POST, the same x-event-id every time)",
+        [wasm_filter("meshguard", MESHGUARD_WASM, '{"dedup": {}}')],
+    ),
     "log-line": (
         "meshguard + one JSON log line per request",
         [wasm_filter("meshguard", MESHGUARD_WASM, '{"log": {"requests": true}}')],
@@ -221,9 +229,32 @@ def parse_latency(text):
 # Configurations whose every answer is meshguard's local reply (an error status by design).
 LOCAL_REPLIES = {"breaker-open"}
 
+# wrk scripts for the configurations that need POSTs with event ids (others send GET /).
+WRK_SCRIPTS = {
+    "all-features": """
+local prefix = tostring(os.time()) .. "-" .. tostring(math.random(1000000))
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("POST", "/", {["x-event-id"] = prefix .. "-" .. n}, "")
+end
+""",
+    "dedup-replay": """
+request = function()
+  return wrk.format("POST", "/", {["x-event-id"] = "the-same-event"}, "")
+end
+""",
+}
+SCRIPT_DIR = tempfile.mkdtemp(prefix="meshguard-wrk-")
 
-def wrk(port, duration, connections, local_replies=False):
+
+def wrk(port, duration, connections, local_replies=False, name=None):
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"]
+    if name in WRK_SCRIPTS:
+        path = os.path.join(SCRIPT_DIR, f"{name}.lua")
+        with open(path, "w") as f:
+            f.write(WRK_SCRIPTS[name])
+        cmd[1:1] = ["-s", path]
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", "1"] + cmd
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -272,14 +303,14 @@ def main():
         for name in names:
             envoys[name] = Envoy(name, CONFIGS[name][1], workdir)
         for name, e in envoys.items():  # warm-up: JIT, connection pools, allocator
-            wrk(e.port, 2, args.connections, name in LOCAL_REPLIES)
+            wrk(e.port, 2, args.connections, name in LOCAL_REPLIES, name)
         samples = {name: [] for name in names}
         for r in range(args.rounds):
             order = names[r % len(names):] + names[: r % len(names)]
             for name in order:
                 e = envoys[name]
                 before = e.cpu_seconds()
-                requests, rps, p50, p99 = wrk(e.port, args.duration, args.connections, name in LOCAL_REPLIES)
+                requests, rps, p50, p99 = wrk(e.port, args.duration, args.connections, name in LOCAL_REPLIES, name)
                 cpu_us = (e.cpu_seconds() - before) * 1e6 / requests
                 samples[name].append({"cpu_us": cpu_us, "rps": rps, "p50_us": p50, "p99_us": p99})
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
