@@ -10,4 +10,5 @@ if ! command -v wrk >/dev/null; then
 fi
 cargo build --quiet --release --target wasm32-wasip1
 cargo build --quiet --release --target wasm32-wasip1 --manifest-path benches/empty-filter/Cargo.toml
+cargo build --quiet --release --target wasm32-wasip1 --manifest-path benches/hostcall-probe/Cargo.toml
 exec python3 benches/load.py "$@"
