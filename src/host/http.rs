@@ -48,6 +48,11 @@ impl HttpContext for HttpStream {
         action(self.stream.on_request_body(&self.plugin, &mut WasmHost, body_size, end_of_stream))
     }
 
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // Trailers end the body: a pending fingerprint is decided on what was buffered.
+        action(self.stream.on_request_body(&self.plugin, &mut WasmHost, crate::dedup::MAX_BODY_FINGERPRINT, true))
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.stream.on_response_headers(&self.plugin, &mut WasmHost);
         Action::Continue
