@@ -24,8 +24,6 @@ pub struct Config {
     pub rules: Vec<Rule>,
     /// The top-level settings, under the rule name `default`.
     pub default_rule: Rule,
-    /// Which request facts any rule looks at, so the shell fetches nothing else.
-    pub needs: Needs,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -191,15 +189,6 @@ pub struct Match {
     pub methods: Vec<String>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Needs {
-    pub route_name: bool,
-    pub cluster: bool,
-    pub host: bool,
-    pub path: bool,
-    pub method: bool,
-}
-
 // Bounds that keep the shared-data encodings small and every product far from overflow.
 pub const MAX_COUNT_WINDOW: u64 = 1000;
 pub const MAX_TIME_WINDOW_SECS: u64 = 600;
@@ -286,7 +275,6 @@ impl Default for Config {
                 circuit_breaker: None,
                 dedup: None,
             },
-            needs: Needs::default(),
         }
     }
 }
@@ -337,20 +325,12 @@ fn parse_value(value: &Value, errors: &mut Errors) -> Option<Config> {
         None => Vec::new(),
         Some(routes) => parse_rules(routes, &circuit_breaker, &dedup, errors),
     };
-    let needs = Needs {
-        route_name: rules.iter().any(|r| r.matcher.route_name.is_some()),
-        cluster: rules.iter().any(|r| r.matcher.cluster.is_some()),
-        host: rules.iter().any(|r| r.matcher.host.is_some()),
-        path: rules.iter().any(|r| r.matcher.prefix.is_some()),
-        method: rules.iter().any(|r| !r.matcher.methods.is_empty()),
-    };
     Some(Config {
         correlation,
         trace,
         log,
         rules,
         default_rule: Rule { name: DEFAULT_RULE.into(), matcher: Match::default(), circuit_breaker, dedup },
-        needs,
     })
 }
 

@@ -59,7 +59,6 @@ fn spec_example_is_accepted() {
     assert_eq!(payments.dedup.as_ref().unwrap().ttl, 600 * SECOND);
     let health = &c.rules[1];
     assert!(health.circuit_breaker.is_none() && health.dedup.is_none());
-    assert!(c.needs.route_name && c.needs.cluster && c.needs.host && c.needs.path && c.needs.method);
 }
 
 #[test]
