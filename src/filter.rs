@@ -256,6 +256,8 @@ impl Stream {
 
         let decision = trace::decide(&headers, &config.trace, entropy);
         let trace_id = decision.as_ref().map(|d| d.context.trace_id_hex());
+        // Kept before any local reply: its response carries the trace too (traceresponse).
+        self.trace = decision.as_ref().map(|d| d.context);
 
         let c = &config.correlation;
         let (id, outcome) = match correlation::check(headers.get(&c.header), c) {
@@ -308,7 +310,6 @@ impl Stream {
             self.check(plugin, host, r, &id);
         }
         self.set_states(plugin, host, &id, &decision, trace_id.as_deref());
-        self.trace = decision.map(|d| d.context);
         self.correlation_id = Some(id);
         // With a pending body fingerprint the headers go on (proxy-wasm cannot hold them and still
         // see the body); the body is held in `on_request_body` until the key is decided.

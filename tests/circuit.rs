@@ -62,6 +62,9 @@ fn failing_upstream_opens_the_circuit_and_open_answers_locally() {
         (line["circuit"].as_str(), line["rule"].as_str(), line["status"].as_u64()),
         (Some("rejected"), Some("a"), Some(503))
     );
+    // The local reply carries the request's trace-id, the one in the access log.
+    assert_eq!(body["trace_id"].as_str().map(str::len), Some(32));
+    assert_eq!(body["trace_id"], line["trace_id"]);
     envoy.wait_metric(r#"meshguard_circuit_state{rule="a"}"#, 2.0);
     envoy.wait_metric(r#"meshguard_circuit_state{rule="b"}"#, 0.0);
     envoy.wait_metric(r#"meshguard_circuit_transitions_total{rule="a",to="open"}"#, 1.0);
@@ -190,4 +193,17 @@ fn metrics_only_watches_without_rejecting() {
     assert_eq!(envoy.access_log_for("c-mo")["circuit"], "open");
     envoy.wait_metric(r#"meshguard_circuit_state{rule="default"}"#, 2.0);
     envoy.wait_metric(r#"meshguard_circuit_rejected_total{rule="default"}"#, 1.0);
+}
+
+#[test]
+fn local_replies_carry_traceresponse_when_asked() {
+    let upstream = Upstream::start();
+    let config = r#"{"circuit_breaker": {"mode": "forced_open"}, "trace": {"traceresponse": true}}"#;
+    let envoy = Envoy::start(config, upstream.port);
+    let tp = "00-12345678901234567890123456789012-1234567890123456-01";
+    let r = send(envoy.port, &Request::get("/").header("traceparent", tp)).unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("traceresponse").as_deref(), Some(tp));
+    assert_eq!(r.json()["trace_id"], "12345678901234567890123456789012");
+    assert_eq!(upstream.hits(), 0);
 }
