@@ -250,10 +250,12 @@ SCRIPT_DIR = tempfile.mkdtemp(prefix="meshguard-wrk-")
 
 def wrk(port, duration, connections, local_replies=False, name=None):
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"]
-    if name in WRK_SCRIPTS:
-        path = os.path.join(SCRIPT_DIR, f"{name}.lua")
+    # A variant named after a scripted configuration (e.g. all-features-b) uses its script.
+    script = next((k for k in WRK_SCRIPTS if name and name.startswith(k)), None)
+    if script:
+        path = os.path.join(SCRIPT_DIR, f"{script}.lua")
         with open(path, "w") as f:
-            f.write(WRK_SCRIPTS[name])
+            f.write(WRK_SCRIPTS[script])
         cmd[1:1] = ["-s", path]
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", "1"] + cmd
