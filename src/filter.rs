@@ -344,7 +344,15 @@ impl Stream {
                 self.dedup_reply(plugin, host, &id, reply);
                 Verdict::Stop
             }
-            None => Verdict::Continue,
+            None => {
+                // The request-headers pass wrote filter state before the key was decided: the
+                // outcome ("first") reaches the access log only from here.
+                if let Some(outcome) = self.dedup {
+                    let r = host.set_filter_state(state::DEDUP, outcome.as_str().as_bytes());
+                    self.check(plugin, host, r, &id);
+                }
+                Verdict::Continue
+            }
         }
     }
 
