@@ -142,6 +142,12 @@ impl Envoy {
 
     /// Starts Envoy; `Err` holds Envoy's log when it exits before it is ready.
     pub fn try_start(opts: Options) -> Result<Envoy, String> {
+        Envoy::try_start_bootstrap(&render_bootstrap(&opts, 0, 0), opts.concurrency, &[])
+    }
+
+    /// Starts Envoy with a whole bootstrap (YAML or JSON text; ports 0, wasm paths absolute) and
+    /// extra command-line arguments; waits until the listener `ingress` is bound and Envoy is ready.
+    pub fn try_start_bootstrap(text: &str, concurrency: u32, args: &[&str]) -> Result<Envoy, String> {
         let wasm = wasm_path();
         assert!(
             wasm.exists(),
@@ -156,13 +162,14 @@ impl Envoy {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("temp dir");
         let bootstrap = dir.join("envoy.yaml");
-        fs::write(&bootstrap, render_bootstrap(&opts, 0, 0)).expect("write bootstrap");
+        fs::write(&bootstrap, text).expect("write bootstrap");
         let admin_file = dir.join("admin-address");
         let log = fs::File::create(dir.join("envoy.log")).expect("log file");
         let child = Command::new(envoy_bin())
             .arg("-c")
             .arg(&bootstrap)
-            .args(["--concurrency", &opts.concurrency.to_string(), "--use-dynamic-base-id"])
+            .args(["--concurrency", &concurrency.to_string(), "--use-dynamic-base-id"])
+            .args(args)
             .arg("--admin-address-path")
             .arg(&admin_file)
             .args(["--log-format", "[%Y-%m-%d %T.%e][%t][%l][%n] %v"])

@@ -5,3 +5,4 @@
 pub mod envoy;
 pub mod http;
 pub mod upstream;
+pub mod xds;
