@@ -3,12 +3,12 @@
 //! lands) → forward; response headers → outcome, echo; stream end → outcome of a reset, log line. No proxy-wasm here: `host/` implements [`Host`] with real host calls,
 //! the tests below with a fake.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 mod circuit;
 mod dedup;
 
-use crate::breaker::{self, Admission};
+use crate::breaker::{self, Admission, Cached, Snapshot};
 use crate::config::{Config, LogLevel, TraceMode, TraceResponse};
 use crate::config::{DuplicateStatus, Fingerprint, OnMissing, Scope};
 use crate::correlation::{self, Outcome};
@@ -47,6 +47,8 @@ pub trait Host {
     /// Filter state readable in access logs as `%FILTER_STATE(wasm.meshguard.<key>:PLAIN)%`.
     fn set_filter_state(&mut self, key: &str, value: &[u8]) -> Result<(), HostError>;
     fn increment(&mut self, metric: MetricId, by: i64);
+    /// A counter's or gauge's current value (process-wide: all workers share Envoy's stats).
+    fn metric(&mut self, metric: MetricId) -> Option<u64>;
     fn set_gauge(&mut self, metric: MetricId, value: u64);
     fn log(&mut self, level: LogLevel, message: &str);
     /// A response header (first line), e.g. `:status`.
@@ -150,6 +152,8 @@ pub struct Plugin {
     pub metrics: Metrics,
     /// Shared-data key of each rule's circuit (default rule last); `None` without a breaker.
     pub circuit_keys: Vec<Option<String>>,
+    /// This worker's copy of each rule's circuit, when one can answer for it (default rule last).
+    circuit_snapshots: Vec<RefCell<Option<Snapshot>>>,
     /// The plugin's name in Envoy, part of every shared-data key.
     pub name: String,
     /// The dedup store's buckets (one store per plugin, sized by the largest `max_entries`).
@@ -165,9 +169,18 @@ impl Plugin {
     pub fn new(config: Config, metrics: Metrics, name: &str) -> Plugin {
         let circuit_keys =
             config.all_rules().map(|r| r.circuit_breaker.as_ref().map(|cb| breaker::key(name, &r.name, cb))).collect();
+        let circuit_snapshots = config.all_rules().map(|_| RefCell::new(None)).collect();
         let dedup_layout =
             config.all_rules().filter_map(|r| r.dedup.as_ref()).map(|d| d.max_entries).max().map(Layout::new);
-        Plugin { config, metrics, circuit_keys, name: name.to_string(), dedup_layout, tracer_checked: Cell::new(false) }
+        Plugin {
+            config,
+            metrics,
+            circuit_keys,
+            circuit_snapshots,
+            name: name.to_string(),
+            dedup_layout,
+            tracer_checked: Cell::new(false),
+        }
     }
 
     /// Creates every rule's circuit value that does not exist yet (from `on_configure`).
@@ -182,6 +195,10 @@ impl Plugin {
 
     fn circuit_key(&self, rule: Option<usize>) -> Option<&str> {
         self.circuit_keys.get(rule.unwrap_or(self.config.rules.len()))?.as_deref()
+    }
+
+    fn circuit_snapshot(&self, rule: Option<usize>) -> Option<&RefCell<Option<Snapshot>>> {
+        self.circuit_snapshots.get(rule.unwrap_or(self.config.rules.len()))
     }
 }
 
@@ -587,15 +604,25 @@ impl Stream {
     fn circuit_admit(&mut self, plugin: &Plugin, host: &mut impl Host, id: &str) -> Option<u64> {
         let cfg = plugin.config.rule(self.rule).circuit_breaker.as_ref()?;
         let key = plugin.circuit_key(self.rule)?;
+        let snapshot = plugin.circuit_snapshot(self.rule)?;
+        let m = plugin.metrics.circuit(&plugin.config, self.rule);
         let now = host.now();
-        let (admission, transition) = match circuit::admit(host, key, cfg, now) {
-            Ok(result) => result,
-            Err(e) => {
-                self.internal_error(plugin, host, e, Some(id));
-                return None;
+        let cached = breaker::admit_cached(snapshot.borrow().as_ref(), cfg, now);
+        let (admission, transition) = match cached {
+            Cached::Exact(admission) => (admission, None),
+            Cached::IfEpoch(seen, admission) => {
+                let epoch = m.and_then(|m| m.epoch(host));
+                if epoch == Some(seen) {
+                    (admission, None)
+                } else {
+                    self.circuit_admit_shared(plugin, host, key, cfg, now, epoch, id)?
+                }
+            }
+            Cached::Miss => {
+                let epoch = m.and_then(|m| m.epoch(host));
+                self.circuit_admit_shared(plugin, host, key, cfg, now, epoch, id)?
             }
         };
-        let m = plugin.metrics.circuit(&plugin.config, self.rule);
         if let (Some(t), Some(m)) = (&transition, m) {
             circuit::announce(host, m, &plugin.config.rule(self.rule).name, t, id);
         }
@@ -619,6 +646,33 @@ impl Stream {
                 self.circuit = Some("rejected");
                 increment(host, m.and_then(|m| m.rejected));
                 Some(retry_after_s)
+            }
+        }
+    }
+
+    /// The admission from the shared value (read after `epoch`); the worker's copy is renewed.
+    /// `None`: the shared data failed, the request goes on (fail open).
+    #[allow(clippy::too_many_arguments)]
+    fn circuit_admit_shared(
+        &mut self,
+        plugin: &Plugin,
+        host: &mut impl Host,
+        key: &str,
+        cfg: &crate::config::Breaker,
+        now: u64,
+        epoch: Option<u64>,
+        id: &str,
+    ) -> Option<(Admission, Option<breaker::Transition>)> {
+        match circuit::admit(host, key, cfg, now, epoch) {
+            Ok(updated) => {
+                if let Some(snapshot) = plugin.circuit_snapshot(self.rule) {
+                    *snapshot.borrow_mut() = updated.copy;
+                }
+                Some((updated.decision, updated.transition))
+            }
+            Err(e) => {
+                self.internal_error(plugin, host, e, Some(id));
+                None
             }
         }
     }
@@ -677,21 +731,36 @@ impl Stream {
             now.saturating_sub(call.start),
         );
         let m = plugin.metrics.circuit(&plugin.config, self.rule);
+        let Some(snapshot) = plugin.circuit_snapshot(self.rule) else {
+            return;
+        };
+        let noop = snapshot.borrow().as_ref().and_then(|s| s.noop_record(call.generation, outcome));
+        let epoch = m.and_then(|m| m.epoch(host));
+        if noop.is_some() && noop == epoch {
+            // A success into a quiet circuit nobody changed since this worker's copy: nothing to do.
+            return;
+        }
+        let id = self.correlation_id.clone().unwrap_or_default();
+        let result = circuit::record(host, key, cfg, call, outcome, now, epoch);
+        // After the swap: the increments are the rule's epoch, which other workers compare their
+        // copies with (`breaker::snapshot`).
         if outcome.failure {
             increment(host, m.and_then(|m| m.failures));
         }
         if outcome.slow {
             increment(host, m.and_then(|m| m.slow));
         }
-        let id = self.correlation_id.clone().unwrap_or_default();
-        match circuit::record(host, key, cfg, call, outcome, now) {
-            Ok(Some(t)) => {
-                if let Some(m) = m {
+        match result {
+            Ok(updated) => {
+                *snapshot.borrow_mut() = updated.copy;
+                if let (Some(t), Some(m)) = (updated.transition, m) {
                     circuit::announce(host, m, &plugin.config.rule(self.rule).name, &t, &id);
                 }
             }
-            Ok(None) => {}
-            Err(e) => self.internal_error(plugin, host, e, Some(&id)),
+            Err(e) => {
+                *snapshot.borrow_mut() = None;
+                self.internal_error(plugin, host, e, Some(&id));
+            }
         }
     }
 

@@ -207,3 +207,57 @@ fn local_replies_carry_traceresponse_when_asked() {
     assert_eq!(r.json()["trace_id"], "12345678901234567890123456789012");
     assert_eq!(upstream.hits(), 0);
 }
+
+/// One keep-alive connection on each of Envoy's two workers (the per-worker listener counters
+/// say which worker took each new connection).
+fn one_connection_per_worker(envoy: &Envoy) -> [Conn; 2] {
+    let accepted = |worker: usize| {
+        // The listener is configured on port 0 (the kernel picks one), hence its stat name.
+        let sample = format!(
+            r#"envoy_listener_worker_downstream_cx_total{{envoy_worker_id="{worker}",envoy_listener_address="127.0.0.1_0"}}"#
+        );
+        envoy.metric(&sample).unwrap_or(0.0)
+    };
+    let mut conns: [Option<Conn>; 2] = [None, None];
+    for _ in 0..64 {
+        let before = [accepted(0), accepted(1)];
+        let mut conn = Conn::open(envoy.port).unwrap();
+        // A request makes sure the worker has accepted it before the counters are read.
+        assert_eq!(conn.send(&Request::get("/")).unwrap().status, 200);
+        let worker = (0..2).find(|w| accepted(*w) > before[*w]).expect("a worker took the connection");
+        if conns[worker].is_none() {
+            conns[worker] = Some(conn);
+        }
+        if conns.iter().all(Option::is_some) {
+            return conns.map(Option::unwrap);
+        }
+    }
+    panic!("64 connections never reached both workers");
+}
+
+#[test]
+fn a_circuit_opened_on_one_worker_rejects_on_the_other_whose_copy_was_quiet() {
+    let upstream = Upstream::start();
+    let config = r#"{"circuit_breaker": {"window": {"type": "count", "size": 4}, "minimum_calls": 4,
+                     "failure_rate_threshold": 50, "open_duration": "30s"}}"#;
+    let envoy = Envoy::start(config, upstream.port);
+    let [mut w0, mut w1] = one_connection_per_worker(&envoy);
+    // Both workers see a full window of successes: each keeps a quiet copy and stops reading
+    // shared data for the closed circuit.
+    for _ in 0..6 {
+        assert_eq!(w0.send(&Request::get("/")).unwrap().status, 200);
+        assert_eq!(w1.send(&Request::get("/")).unwrap().status, 200);
+    }
+    // Worker 0 records two failures: 2 of 4, the circuit opens.
+    for _ in 0..2 {
+        assert_eq!(w0.send(&Request::get("/?status=500")).unwrap().status, 500);
+    }
+    envoy.wait_metric(r#"meshguard_circuit_transitions_total{rule="default",to="open"}"#, 1.0);
+    let hits = upstream.hits();
+    // Worker 1's copy is stale: the failure counters (the epoch) moved, so it reads the shared
+    // value and rejects.
+    let r = w1.send(&Request::get("/")).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("x-meshguard-circuit").as_deref(), Some("open"));
+    assert_eq!(upstream.hits(), hits);
+}

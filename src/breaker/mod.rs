@@ -13,8 +13,11 @@
 //!   closed cannot close or reopen a circuit that has moved on.
 
 mod codec;
+mod snapshot;
 #[cfg(test)]
 mod tests;
+
+pub use snapshot::{admit_cached, Cached, Snapshot};
 
 use crate::config::{Breaker, BreakerMode, Window};
 
@@ -133,8 +136,8 @@ impl State {
 
     /// Decides one request at `now` (ns). May move an open circuit to half-open.
     pub fn admit(&mut self, cfg: &Breaker, now: u64) -> (Admission, Option<Transition>) {
-        if cfg.mode == BreakerMode::ForcedOpen {
-            return (Admission::Reject { retry_after_s: secs_ceil(cfg.open_duration) }, None);
+        if let Some(admission) = forced(cfg) {
+            return (admission, None);
         }
         let metrics_only = cfg.mode == BreakerMode::MetricsOnly;
         let reject =
@@ -315,6 +318,11 @@ impl State {
         }
         t
     }
+}
+
+/// `forced_open` rejects every request whatever the state is (`retry-after` is `open_duration`).
+pub fn forced(cfg: &Breaker) -> Option<Admission> {
+    (cfg.mode == BreakerMode::ForcedOpen).then(|| Admission::Reject { retry_after_s: secs_ceil(cfg.open_duration) })
 }
 
 fn secs_ceil(ns: u64) -> u64 {

@@ -298,3 +298,62 @@ fn a_success_into_a_full_healthy_count_window_changes_nothing() {
     calls(&mut s, &c, &[FAIL, OK, OK, OK], T0);
     assert_eq!(s.totals(T0), Totals { calls: 3, failures: 0, slow: 0 }, "the failure slid out");
 }
+
+// ---- the worker's copy (snapshot) ----
+
+/// Every state reachable by short outcome sequences: `quiet` holds exactly when admitting and
+/// recording a success leave the state as it is (the property the copy relies on).
+#[test]
+fn quiet_means_a_success_and_an_admission_change_nothing() {
+    let c = cfg(r#"{"window": {"type": "count", "size": 3}, "minimum_calls": 3, "consecutive_failures": 2}"#);
+    for n in 0..=6u32 {
+        for bits in 0..(1u32 << n) {
+            let mut state = State::new(&c);
+            let outcomes: Vec<Outcome> = (0..n).map(|i| if bits >> i & 1 == 1 { FAIL } else { OK }).collect();
+            calls(&mut state, &c, &outcomes, T0);
+            let mut after = state.clone();
+            let (admission, t) = after.admit(&c, T0);
+            let changes = match admission {
+                Admission::Pass { generation } => t.is_some() || after.record(&c, generation, false, OK, T0).is_some(),
+                _ => true,
+            };
+            let unchanged = !changes && after == state;
+            assert_eq!(state.quiet(&c), unchanged && state.phase == Phase::Closed, "{outcomes:?} -> {state:?}");
+        }
+    }
+    let time = cfg(r#"{"window": {"type": "time", "size": "10s"}}"#);
+    let mut state = State::new(&time);
+    calls(&mut state, &time, &[OK; 20], T0);
+    assert!(!state.quiet(&time), "every success changes a time window's bucket");
+}
+
+#[test]
+fn a_copy_answers_only_for_open_before_its_time_and_quiet_closed_with_an_epoch() {
+    let c = cfg(r#"{"window": {"type": "count", "size": 2}, "consecutive_failures": 1, "open_duration": "10s"}"#);
+    let mut state = State::new(&c);
+    assert_eq!(Snapshot::new(state.clone(), Some(0), &c), None, "window not full yet");
+    calls(&mut state, &c, &[OK, OK], T0);
+    assert_eq!(Snapshot::new(state.clone(), None, &c), None, "closed needs an epoch");
+    let quiet = Snapshot::new(state.clone(), Some(7), &c);
+    assert_eq!(admit_cached(quiet.as_ref(), &c, T0), Cached::IfEpoch(7, Admission::Pass { generation: 0 }));
+    assert_eq!(quiet.as_ref().unwrap().noop_record(0, OK), Some(7));
+    assert_eq!(quiet.as_ref().unwrap().noop_record(0, FAIL), None);
+    assert_eq!(quiet.as_ref().unwrap().noop_record(0, SLOW), None);
+    assert_eq!(quiet.as_ref().unwrap().noop_record(1, OK), None, "another generation");
+
+    calls(&mut state, &c, &[FAIL], T0);
+    let open = Snapshot::new(state.clone(), None, &c);
+    assert_eq!(admit_cached(open.as_ref(), &c, T0 + 4 * S), Cached::Exact(Admission::Reject { retry_after_s: 6 }));
+    assert_eq!(
+        admit_cached(open.as_ref(), &c, T0 + 10 * S),
+        Cached::Miss,
+        "time is up: half-open is decided on the shared value"
+    );
+
+    let mut half_open = state.clone();
+    half_open.admit(&c, T0 + 10 * S);
+    assert_eq!(Snapshot::new(half_open, Some(1), &c), None);
+
+    let forced = cfg(r#"{"mode": "forced_open", "open_duration": "3s"}"#);
+    assert_eq!(admit_cached(None, &forced, T0), Cached::Exact(Admission::Reject { retry_after_s: 3 }));
+}

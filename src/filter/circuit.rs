@@ -1,12 +1,15 @@
 //! The circuit breaker against the host: one shared-data value per rule, read and changed with
 //! compare-and-swap, so that every worker sees one circuit (SPEC §1, "Where it runs").
 //!
-//! The closed-circuit path costs one shared-data read per request and one read-and-swap per
-//! response; a request on an open circuit is rejected after the read alone; only a request that
-//! changes the state (the open → half-open move, taking a probe slot) swaps on the request path.
+//! Each worker keeps a [`Snapshot`] of the last state it read: a healthy (quiet) closed circuit
+//! is then decided with two counter reads per request and per response instead of shared-data
+//! reads, and an open circuit rejects without any read until its time is up (see
+//! `breaker::snapshot` for why that is exact). Otherwise a request reads the shared value once
+//! and swaps only when its decision changed the state (the open → half-open move, taking a probe
+//! slot); a response reads it and swaps when the outcome changed the window.
 
 use super::{increment, Host, HostError, MetricId, MetricKind};
-use crate::breaker::{Admission, Phase, State, Transition};
+use crate::breaker::{Admission, Phase, Snapshot, State, Transition};
 use crate::config::{Breaker, LogLevel};
 use crate::metrics;
 
@@ -41,6 +44,12 @@ impl CircuitMetrics {
     fn transition(&self, to: Phase) -> Option<MetricId> {
         self.transitions.get(to as usize).copied().flatten()
     }
+
+    /// The rule's epoch: failure and slow outcomes recorded so far, process-wide (Envoy's
+    /// counters are shared by all workers). Incremented after the swap that recorded them.
+    pub fn epoch(&self, host: &mut impl Host) -> Option<u64> {
+        Some(host.metric(self.failures?)?.wrapping_add(host.metric(self.slow?)?))
+    }
 }
 
 /// A request the circuit let through, and what its outcome needs.
@@ -53,16 +62,18 @@ pub struct Admitted {
 }
 
 /// Reads the rule's state and decides the request; swaps only when the decision changed the state.
+/// `epoch` was read before; the state as left is returned as the worker's new copy.
 pub fn admit(
     host: &mut impl Host,
     key: &str,
     cfg: &Breaker,
     now: u64,
-) -> Result<(Admission, Option<Transition>), HostError> {
-    update(host, key, cfg, |state| state.admit(cfg, now))
+    epoch: Option<u64>,
+) -> Result<Updated<Admission>, HostError> {
+    update(host, key, cfg, epoch, |state| state.admit(cfg, now))
 }
 
-/// Records an admitted call's outcome.
+/// Records an admitted call's outcome (`epoch` as for [`admit`]).
 pub fn record(
     host: &mut impl Host,
     key: &str,
@@ -70,8 +81,9 @@ pub fn record(
     call: Admitted,
     outcome: crate::breaker::Outcome,
     now: u64,
-) -> Result<Option<Transition>, HostError> {
-    update(host, key, cfg, |state| ((), state.record(cfg, call.generation, call.probe, outcome, now))).map(|(_, t)| t)
+    epoch: Option<u64>,
+) -> Result<Updated<()>, HostError> {
+    update(host, key, cfg, epoch, |state| ((), state.record(cfg, call.generation, call.probe, outcome, now)))
 }
 
 /// Creates the rule's value when it does not exist yet (`on_configure`), so that the first
@@ -83,14 +95,36 @@ pub fn init(host: &mut impl Host, key: &str, cfg: &Breaker) -> Result<(), HostEr
     Ok(())
 }
 
-/// Read, change, compare-and-swap the rule's state.
+/// What a change of the rule's state decided, and the worker's new copy of the state.
+pub struct Updated<R> {
+    pub decision: R,
+    pub transition: Option<Transition>,
+    pub copy: Option<Snapshot>,
+}
+
+/// Read, change, compare-and-swap the rule's state; the state as left becomes the worker's copy,
+/// taken with `epoch` (read before the shared value).
 fn update<R>(
     host: &mut impl Host,
     key: &str,
     cfg: &Breaker,
-    change: impl FnMut(&mut State) -> (R, Option<Transition>),
-) -> Result<(R, Option<Transition>), HostError> {
-    super::cas_update(host, key, |b| State::decode(b, cfg), || State::new(cfg), State::encode, change)
+    epoch: Option<u64>,
+    mut change: impl FnMut(&mut State) -> (R, Option<Transition>),
+) -> Result<Updated<R>, HostError> {
+    let mut last = None;
+    let (decision, transition) = super::cas_update(
+        host,
+        key,
+        |b| State::decode(b, cfg),
+        || State::new(cfg),
+        State::encode,
+        |state| {
+            let r = change(state);
+            last = Some(state.clone());
+            r
+        },
+    )?;
+    Ok(Updated { decision, transition, copy: last.and_then(|state| Snapshot::new(state, epoch, cfg)) })
 }
 
 /// Logs and counts a transition (the caller's swap made it, so it happens once per process).

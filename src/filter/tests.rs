@@ -23,6 +23,8 @@ struct FakeHost {
     clock: u64,
     shared: std::collections::HashMap<String, (Vec<u8>, u32)>,
     shared_sets: usize,
+    shared_gets: usize,
+    metric_reads: usize,
     /// The next this many swaps fail as if another worker had written first.
     cas_conflicts: usize,
     local_replies: Vec<LocalReply>,
@@ -91,6 +93,10 @@ impl Host for FakeHost {
     fn set_gauge(&mut self, metric: MetricId, value: u64) {
         self.counters.insert(metric, value as i64);
     }
+    fn metric(&mut self, metric: MetricId) -> Option<u64> {
+        self.metric_reads += 1;
+        Some(self.counters.get(&metric).copied().unwrap_or(0) as u64)
+    }
     fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
         FakeHost::get(&self.response, name)
     }
@@ -98,6 +104,7 @@ impl Host for FakeHost {
         self.clock
     }
     fn shared_get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        self.shared_gets += 1;
         Ok(self.shared.get(key).cloned())
     }
     fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, HostError> {
@@ -129,7 +136,12 @@ impl Host for FakeHost {
 
 fn plugin(json: &str, host: &mut FakeHost) -> Plugin {
     let config = config::parse(json.as_bytes()).unwrap();
+    // Envoy's stats are process-wide by name: a second plugin (another worker's VM, or a reload)
+    // defining the same name gets the same stat.
     let metrics = Metrics::define(&config, |_, name| {
+        if let Some(id) = host.names.iter().position(|n| n == name) {
+            return Some(id as MetricId);
+        }
         host.names.push(name.to_string());
         Some(host.names.len() as MetricId - 1)
     });
@@ -621,4 +633,99 @@ fn a_renamed_rule_or_resized_window_starts_from_a_closed_circuit() {
         let plugin = breaker_plugin(&changed, &mut host);
         assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Continue, "{changed}");
     }
+}
+
+// ---- the worker's copy of the circuit (breaker::snapshot) ----
+
+#[test]
+fn a_quiet_closed_circuit_is_decided_without_shared_data_reads() {
+    let mut host = FakeHost::with_request(&[]);
+    let plugin = breaker_plugin(r#"{"circuit_breaker": {"window": {"type": "count", "size": 3}}}"#, &mut host);
+    for _ in 0..4 {
+        call(&plugin, &mut host, "200", 0);
+    }
+    let (gets, sets) = (host.shared_gets, host.shared_sets);
+    for _ in 0..10 {
+        assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Continue);
+        assert_eq!(host.state_str(state::CIRCUIT).as_deref(), Some("closed"));
+    }
+    assert_eq!((host.shared_gets, host.shared_sets), (gets, sets), "the copy answered");
+}
+
+#[test]
+fn a_circuit_opened_by_another_worker_is_seen_through_the_copy() {
+    // Two workers (two VMs: two plugins) over one shared store and one set of Envoy counters.
+    let json = r#"{"circuit_breaker": {"window": {"type": "count", "size": 4}, "consecutive_failures": 1}}"#;
+    let mut host = FakeHost::with_request(&[]);
+    let a = breaker_plugin(json, &mut host);
+    let b = breaker_plugin(json, &mut host);
+    for _ in 0..5 {
+        call(&a, &mut host, "200", 0);
+    }
+    let gets = host.shared_gets;
+    call(&a, &mut host, "200", 0);
+    assert_eq!(host.shared_gets, gets, "a's copy is quiet");
+    call(&b, &mut host, "500", 0);
+    assert_eq!(host.counter("rule=.=default;.;to=.=open;.;meshguard_circuit_transitions_total"), 1);
+    assert_eq!(call(&a, &mut host, "200", 0), Verdict::Stop, "a's copy is stale: the epoch moved");
+}
+
+#[test]
+fn a_success_after_another_workers_failure_is_recorded_not_skipped() {
+    // Window of 3, opens at 2 failures of 3. The window's ring overwrites its oldest slot, so
+    // a's successes decide which slot b's second failure lands in.
+    let json = r#"{"circuit_breaker": {"window": {"type": "count", "size": 3}, "minimum_calls": 3, "failure_rate_threshold": 60}}"#;
+    let mut host = FakeHost::with_request(&[]);
+    let a = breaker_plugin(json, &mut host);
+    let b = breaker_plugin(json, &mut host);
+    for _ in 0..4 {
+        call(&a, &mut host, "200", 0); // a's copy: quiet
+    }
+    // a's request is admitted from its copy; b's failure lands before a's response.
+    let mut pending = Stream::default();
+    assert_eq!(pending.on_request_headers(&a, &mut host, &mut TestEntropy(7)), Verdict::Continue);
+    call(&b, &mut host, "500", 0); // [f s s]
+    host.response = vec![(":status".into(), b"200".to_vec())];
+    pending.on_response_headers(&a, &mut host); // replaces the oldest success, not skipped
+    call(&a, &mut host, "200", 0); // the next write replaces the failure
+    call(&b, &mut host, "500", 0); // [f s s]: 1 of 3, still closed
+    assert_eq!(host.counter("rule=.=default;.;to=.=open;.;meshguard_circuit_transitions_total"), 0);
+    call(&b, &mut host, "500", 0); // 2 of 3
+    assert_eq!(host.counter("rule=.=default;.;to=.=open;.;meshguard_circuit_transitions_total"), 1);
+}
+
+#[test]
+fn an_open_circuit_rejects_from_the_copy_until_its_time_is_up() {
+    let json = r#"{"circuit_breaker": {"consecutive_failures": 1, "open_duration": "10s"}}"#;
+    let mut host = FakeHost::with_request(&[]);
+    let plugin = breaker_plugin(json, &mut host);
+    call(&plugin, &mut host, "500", 0);
+    assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Stop);
+    let gets = host.shared_gets;
+    host.clock += 5 * SECOND;
+    assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Stop);
+    let retry = FakeHost::get(&host.local_replies[0].1, "retry-after");
+    assert_eq!(retry.as_deref(), Some(&b"5"[..]));
+    assert_eq!(host.shared_gets, gets, "rejected from the copy");
+    host.clock += 5 * SECOND;
+    assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Continue, "the first probe");
+    assert!(host.shared_gets > gets);
+    assert_eq!(host.counter("rule=.=default;.;to=.=half_open;.;meshguard_circuit_transitions_total"), 1);
+}
+
+#[test]
+fn probes_in_half_open_always_read_the_shared_value() {
+    let json = r#"{"circuit_breaker": {"consecutive_failures": 1, "open_duration": "1s", "half_open_calls": 2}}"#;
+    let mut host = FakeHost::with_request(&[]);
+    let a = breaker_plugin(json, &mut host);
+    let b = breaker_plugin(json, &mut host);
+    call(&a, &mut host, "500", 0);
+    host.clock += SECOND;
+    // Two probes across both workers, then the third request (on either) is rejected.
+    let mut stream_a = Stream::default();
+    assert_eq!(stream_a.on_request_headers(&a, &mut host, &mut TestEntropy(1)), Verdict::Continue);
+    let mut stream_b = Stream::default();
+    assert_eq!(stream_b.on_request_headers(&b, &mut host, &mut TestEntropy(2)), Verdict::Continue);
+    let mut third = Stream::default();
+    assert_eq!(third.on_request_headers(&a, &mut host, &mut TestEntropy(3)), Verdict::Stop);
 }

@@ -77,6 +77,10 @@ impl Host for WasmHost {
         let _ = hostcalls::increment_metric(metric, by);
     }
 
+    fn metric(&mut self, metric: MetricId) -> Option<u64> {
+        hostcalls::get_metric(metric).ok()
+    }
+
     fn log(&mut self, level: LogLevel, message: &str) {
         abi::log(wasm_level(level), message);
     }

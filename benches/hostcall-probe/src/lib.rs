@@ -7,6 +7,10 @@
 //! * `inc`   increment a counter
 //! * `prop`  read the property `xds.route_name`
 //! * `rsp`   set a response header (in `on_http_response_headers`)
+//! * `metric` read a counter's value with `proxy_get_metric`
+//! * `sget`  read a 400-byte shared-data value
+//! * `scas`  read that value and write it back with its CAS token (one read-and-swap)
+//! * `now`   read the host clock
 
 use std::rc::Rc;
 
@@ -23,8 +27,14 @@ struct Plan {
     inc: u32,
     prop: u32,
     rsp: u32,
+    get_metric: u32,
+    sget: u32,
+    scas: u32,
+    now: u32,
     metric: u32,
 }
+
+const SHARED_KEY: &str = "probe/value";
 
 #[derive(Default)]
 struct Root {
@@ -66,6 +76,20 @@ impl HttpContext for Stream {
         for _ in 0..p.prop {
             let _ = hostcalls::get_property(vec!["xds", "route_name"]);
         }
+        for _ in 0..p.get_metric {
+            let _ = hostcalls::get_metric(p.metric);
+        }
+        for _ in 0..p.sget {
+            let _ = hostcalls::get_shared_data(SHARED_KEY);
+        }
+        for _ in 0..p.scas {
+            if let Ok((Some(value), Some(cas))) = hostcalls::get_shared_data(SHARED_KEY) {
+                let _ = hostcalls::set_shared_data(SHARED_KEY, Some(&value), Some(cas));
+            }
+        }
+        for _ in 0..p.now {
+            let _ = hostcalls::get_current_time();
+        }
         Action::Continue
     }
 
@@ -92,11 +116,18 @@ impl RootContext for Root {
                 "inc" => plan.inc = n,
                 "prop" => plan.prop = n,
                 "rsp" => plan.rsp = n,
+                "metric" => plan.get_metric = n,
+                "sget" => plan.sget = n,
+                "scas" => plan.scas = n,
+                "now" => plan.now = n,
                 "{}" => {}
                 _ => return false,
             }
         }
         plan.metric = hostcalls::define_metric(MetricType::Counter, "probe_total").unwrap_or(0);
+        if plan.sget + plan.scas > 0 {
+            let _ = hostcalls::set_shared_data(SHARED_KEY, Some(&[7u8; 400]), None);
+        }
         self.plan = Rc::new(plan);
         true
     }
