@@ -12,7 +12,15 @@ pub struct Errors(pub Vec<String>);
 impl Errors {
     pub fn add(&mut self, path: &str, message: impl std::fmt::Display) {
         let path = if path.is_empty() { "$" } else { path };
-        self.0.push(format!("{path}: {message}"));
+        let line = format!("{path}: {message}");
+        // Paths hold the configuration's own keys, raw: a line break or escape sequence in one
+        // would split or forge the one Envoy log line the errors go to (found by fuzzing).
+        let line = if line.chars().any(char::is_control) {
+            line.chars().map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() }).collect()
+        } else {
+            line
+        };
+        self.0.push(line);
     }
 }
 

@@ -253,3 +253,18 @@ fn correlation_header_cannot_be_a_trace_header() {
         assert_eq!(errors(&json), vec!["correlation.header: must not be a trace-context header".to_string()]);
     }
 }
+
+#[test]
+fn errors_escape_control_characters_of_keys() {
+    // The errors become one Envoy log line: a key holding a line break must not split it.
+    let errs = errors("{\"\\u0004\": 1, \"routes\": [{\"name\": \"a\", \"x\\ny\": 2}]}");
+    assert_eq!(
+        errs,
+        vec![
+            "\\u{4}: unknown key (expected one of: correlation, trace, log, circuit_breaker, dedup, routes)"
+                .to_string(),
+            "routes[0].x\\u{a}y: unknown key (expected one of: name, match, circuit_breaker, dedup)".to_string(),
+        ]
+    );
+    assert!(errs.iter().all(|e| !e.chars().any(char::is_control)));
+}
