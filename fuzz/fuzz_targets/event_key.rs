@@ -1,0 +1,94 @@
+//! Dedup event keys (SPEC §2): `x-event-id`, `Idempotency-Key` (an RFC 8941 sf-string or a bare
+//! token), CloudEvents `ce-id` + `ce-source`; plus `:authority` without port for rule matching.
+//!
+//! Input: `name:value` lines; an optional first line `@name name …` replaces the default header
+//! list (`x-event-id idempotency-key ce-id`).
+//!
+//! Invariants: the first present header of the list decides; a valid key is 1-255 bytes of
+//! visible ASCII (CloudEvents: `ce-source`, a space, `ce-id`); the event id for logs is the
+//! decoded value; an Idempotency-Key re-encoded as an sf-string gives the same key back;
+//! `Missing` only when no listed header is present; the key id and fingerprint are deterministic
+//! and the fingerprint is never 0 (0 means "none").
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use meshguard::dedup::{event_key, fingerprint, key_id, Key, MAX_KEY_LEN};
+use meshguard::headers::HeaderMap;
+use meshguard::rules::host_without_port;
+use meshguard_fuzz::{lines, visible_ascii, words};
+
+fn valid_value(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= MAX_KEY_LEN && visible_ascii(v)
+}
+
+fn sf_encode(key: &[u8]) -> Vec<u8> {
+    let mut out = vec![b'"'];
+    for &b in key {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+    out
+}
+
+fuzz_target!(|data: &[u8]| {
+    let input = lines(data);
+    let mut names: Vec<String> = words(input.directives).map(|w| String::from_utf8_lossy(w).into_owned()).collect();
+    if names.is_empty() {
+        names = vec!["x-event-id".into(), "idempotency-key".into(), "ce-id".into()];
+    }
+    let headers = HeaderMap::from_pairs(&input.headers);
+    let first = names.iter().find(|n| headers.get(n).is_some());
+    let key = event_key(&headers, &names);
+    match (&key, first) {
+        (Key::Missing, None) => {}
+        (Key::Missing, Some(n)) => panic!("{n} is present but the key is missing"),
+        (_, None) => panic!("a key without any listed header: {key:?}"),
+        (Key::Invalid { header, .. }, Some(n)) => {
+            assert!(header == n || (n == "ce-id" && header == "ce-source"), "{header} vs {n}");
+            if n != "idempotency-key" && header == n {
+                assert!(!valid_value(headers.get(n).unwrap_or_default()));
+            }
+        }
+        (Key::Valid { key, event_id }, Some(n)) => {
+            let raw = headers.get(n).unwrap_or_default();
+            if n == "ce-id" {
+                let source = headers.get("ce-source").unwrap_or_default();
+                assert!(source.is_empty() || valid_value(source));
+                assert!(valid_value(raw));
+                let mut expected = source.to_vec();
+                expected.push(b' ');
+                expected.extend_from_slice(raw);
+                assert_eq!(*key, expected);
+                assert_eq!(event_id.as_bytes(), raw);
+            } else {
+                assert!(valid_value(key), "key {key:?}");
+                assert_eq!(event_id.as_bytes(), &key[..]);
+                if n == "idempotency-key" {
+                    let again = HeaderMap::from_pairs(&[("idempotency-key", sf_encode(key))]);
+                    let k2 = event_key(&again, &["idempotency-key".to_string()]);
+                    assert_eq!(k2, Key::Valid { key: key.clone(), event_id: event_id.clone() }, "sf-string round trip");
+                } else {
+                    assert_eq!(&key[..], raw);
+                }
+            }
+            let caller = headers.get("x-caller");
+            let id = key_id("rule", caller, key);
+            assert_eq!(id, key_id("rule", caller, key));
+        }
+    }
+    let method = headers.get(":method").unwrap_or_default();
+    let path = headers.get(":path").unwrap_or_default();
+    let body = headers.get("body");
+    let f = fingerprint(method, path, body);
+    assert!(f != 0 && f == fingerprint(method, path, body));
+    if let Some(authority) = headers.get(":authority") {
+        let host = host_without_port(authority);
+        assert!(authority.starts_with(host), "host is a prefix of the authority");
+        if !authority.contains(&b':') {
+            assert_eq!(host, authority);
+        }
+    }
+});
