@@ -4,22 +4,31 @@
 # module, alert rules and dashboard queries through promtool, the OCI image built with buildah,
 # docker-compose consistency. See scripts/check_deploy.py. Needs the release module
 # (cargo build --release --target wasm32-wasip1) and Envoy (scripts/setup.sh).
-# Installs what it needs, once: promtool (Debian's prometheus package) and buildah from apt,
-# the pinned Python packages of scripts/deploy-requirements.txt into target/deploy-venv.
+# Installs what it needs, once: promtool (extracted from Debian's prometheus package into
+# target/deploy-tools), buildah (apt), the pinned Python packages of scripts/deploy-requirements.txt
+# (into target/deploy-venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=()
-command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
-command -v buildah >/dev/null 2>&1 || apt_packages+=(buildah)
-if [ ${#apt_packages[@]} -gt 0 ]; then
-  echo "check-deploy: installing ${apt_packages[*]} (apt, once)"
+# promtool: taken out of Debian's prometheus package without installing it (installing would
+# also enable a Prometheus server where systemd runs). Needs only the package lists.
+TOOLS=target/deploy-tools
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$TOOLS/root/usr/bin/promtool" ]; then
+  echo "check-deploy: fetching promtool (Debian package prometheus, once)"
+  rm -rf "$TOOLS" && mkdir -p "$TOOLS"
+  (cd "$TOOLS" && { apt-get download prometheus 2>/dev/null || { apt-get update -qq && apt-get download prometheus; }; } \
+     && dpkg-deb -x prometheus_*.deb root && rm -f prometheus_*.deb)
+fi
+export PATH="$PWD/$TOOLS/root/usr/bin:$PATH"
+
+# buildah builds istio/Dockerfile without a Docker engine.
+if ! command -v buildah >/dev/null 2>&1; then
+  echo "check-deploy: installing buildah (apt, once)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
-  # The prometheus package ships promtool; its server is neither needed nor started (no systemd).
-  $SUDO apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null 2>&1 || {
+  $SUDO apt-get install -y -qq --no-install-recommends buildah >/dev/null 2>&1 || {
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+    $SUDO apt-get install -y -qq --no-install-recommends buildah >/dev/null
   }
 fi
 
