@@ -12,6 +12,7 @@ use meshguard::ids::{self, TestEntropy};
 use meshguard::logline::RequestLog;
 use meshguard::rules::{self, Facts};
 use meshguard::trace::{self, traceparent, tracestate};
+use meshguard::{breaker, dedup};
 
 const SPEC_EXAMPLE: &str = include_str!("../tests/data/spec-example.json");
 
@@ -99,13 +100,92 @@ fn benches(c: &mut Criterion) {
     // The whole request path of the default configuration against a host that does nothing:
     // the CPU meshguard itself adds per request, host calls excluded.
     let plugin = Plugin::new(config::parse(b"{}").unwrap(), Metrics::define(&cfg, |_, _| Some(0)), "bench");
-    let mut host = NullHost(HeaderMap::from_serialized(raw.clone()));
+    let mut host = NullHost(HeaderMap::from_serialized(raw.clone()), Shared::default());
+    let mut host_shared: Option<Shared> = None;
     c.bench_function("flow/request+response, default config, no host cost", |b| {
         b.iter(|| {
             let mut stream = Stream::default();
             stream.on_request_headers(&plugin, &mut host, &mut entropy);
             stream.on_response_headers(&plugin, &mut host);
             stream.on_log(&plugin, &mut host);
+        })
+    });
+
+    // All four features (breaker closed, dedup on a first-seen key): the same, with shared data
+    // kept in a map.
+    let all = config::parse(br#"{"circuit_breaker": {}, "dedup": {}}"#).unwrap();
+    let metrics = Metrics::define(&all, |_, _| Some(0));
+    let plugin = Plugin::new(all, metrics, "bench");
+    let mut n = 0u64;
+    c.bench_function("flow/request+response, all features, first-seen event id, no host cost", |b| {
+        b.iter(|| {
+            n += 1;
+            let id = format!("evt-{n}");
+            let mut host =
+                NullHost(request_headers(&[("x-event-id", id.as_bytes())]), host_shared.take().unwrap_or_default());
+            let mut stream = Stream::default();
+            stream.on_request_headers(&plugin, &mut host, &mut entropy);
+            stream.on_response_headers(&plugin, &mut host);
+            stream.on_log(&plugin, &mut host);
+            host_shared = Some(host.1);
+        })
+    });
+
+    let cb = config::parse(br#"{"circuit_breaker": {}}"#).unwrap().default_rule.circuit_breaker.unwrap();
+    let mut state = breaker::State::new(&cb);
+    let ok = breaker::Outcome::default();
+    for _ in 0..25 {
+        let (admission, _) = state.admit(&cb, 0);
+        if let breaker::Admission::Pass { generation } = admission {
+            state.record(&cb, generation, false, ok, 0);
+        }
+    }
+    let encoded = state.encode();
+    c.bench_function("breaker/admit from shared bytes (decode, decide), count window 20", |b| {
+        b.iter(|| {
+            let mut s = breaker::State::decode(black_box(&encoded), &cb).unwrap();
+            s.admit(&cb, 1)
+        })
+    });
+    let failed = breaker::Outcome { failure: true, slow: false };
+    c.bench_function("breaker/record a failure (decode, record, encode), count window 20", |b| {
+        b.iter(|| {
+            let mut s = breaker::State::decode(black_box(&encoded), &cb).unwrap();
+            s.record(&cb, 0, false, failed, 1);
+            s.encode()
+        })
+    });
+    let copy = breaker::Snapshot::new(state.clone(), Some(0), &cb);
+    c.bench_function("breaker/admit from the worker's copy (quiet closed)", |b| {
+        b.iter(|| breaker::admit_cached(black_box(copy.as_ref()), &cb, 1))
+    });
+
+    let layout = dedup::Layout::new(100_000);
+    let mut bucket = dedup::store::Bucket::default();
+    for i in 0..7u128 {
+        bucket.check(&layout, i, 0, 1, 1, 60_000_000_000);
+    }
+    let seven = bucket.encode();
+    c.bench_function("dedup/check a first-seen key in a 7-entry bucket (decode, check, encode)", |b| {
+        b.iter(|| {
+            let mut bucket = dedup::store::Bucket::decode(black_box(&seven), &layout).unwrap();
+            let r = bucket.check(&layout, 99, 0, 7, 2, 60_000_000_000);
+            (r, bucket.encode())
+        })
+    });
+    c.bench_function("dedup/complete an in-flight key (decode, complete, encode)", |b| {
+        b.iter(|| {
+            let mut bucket = dedup::store::Bucket::decode(black_box(&seven), &layout).unwrap();
+            bucket.complete(3, 1, 201, 3, 600_000_000_000);
+            bucket.encode()
+        })
+    });
+    let evt = request_headers(&[("x-event-id", b"order-4711-created")]);
+    let names: Vec<String> = ["x-event-id", "idempotency-key", "ce-id"].map(String::from).to_vec();
+    c.bench_function("dedup/event key from headers and its 128-bit id", |b| {
+        b.iter(|| match dedup::event_key(black_box(&evt), &names) {
+            dedup::Key::Valid { key, .. } => dedup::key_id("payments", None, &key),
+            _ => 0,
         })
     });
 
@@ -143,8 +223,11 @@ fn request_headers(extra: &[(&str, &[u8])]) -> HeaderMap {
     HeaderMap::from_pairs(&all)
 }
 
+/// Shared data in a map, with CAS tokens.
+type Shared = std::collections::HashMap<String, (Vec<u8>, u32)>;
+
 /// A host whose calls cost nothing: the request headers are handed out from a copy.
-struct NullHost(HeaderMap);
+struct NullHost(HeaderMap, Shared);
 
 impl Host for NullHost {
     fn request_headers(&mut self) -> HeaderMap {
@@ -170,6 +253,9 @@ impl Host for NullHost {
     }
     fn increment(&mut self, _: MetricId, _: i64) {}
     fn set_gauge(&mut self, _: MetricId, _: u64) {}
+    fn metric(&mut self, _: MetricId) -> Option<u64> {
+        Some(0)
+    }
     fn log(&mut self, _: config::LogLevel, _: &str) {}
     fn response_header(&mut self, _: &str) -> Option<Vec<u8>> {
         Some(b"200".to_vec())
@@ -177,10 +263,12 @@ impl Host for NullHost {
     fn now(&mut self) -> u64 {
         0
     }
-    fn shared_get(&mut self, _: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
-        Ok(None)
+    fn shared_get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        Ok(self.1.get(key).cloned())
     }
-    fn shared_set(&mut self, _: &str, _: &[u8], _: u32) -> Result<bool, HostError> {
+    fn shared_set(&mut self, key: &str, value: &[u8], _: u32) -> Result<bool, HostError> {
+        let cas = self.1.get(key).map_or(1, |(_, c)| c + 1);
+        self.1.insert(key.to_string(), (value.to_vec(), cas));
         Ok(true)
     }
     fn send_local_reply(&mut self, _: u32, _: &HeaderMap, _: &[u8]) -> Result<(), HostError> {

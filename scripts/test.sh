@@ -42,5 +42,8 @@ for bootstrap in envoy/*.yaml; do
   echo "valid: $bootstrap"
 done
 
+step "deployables: Istio CRD schemas, envoy --mode validate of every pluginConfig, promtool, OCI image"
+bash scripts/check-deploy.sh
+
 step "integration tests against a real Envoy (--concurrency 2)"
 cargo test --tests --no-fail-fast -- --test-threads "${TEST_THREADS:-3}"
