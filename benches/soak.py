@@ -14,7 +14,7 @@ evicts for the rest of the run. Envoy's RSS (/proc/<pid>/status VmRSS) is sample
 --sample seconds together with meshguard's stats. Checks:
 
 * RSS after warm-up (the first quarter of the run, at least 15 s) grows by at most the bound:
-  2 x the dedup store's bytes bound (README: 47 bytes per entry + 200 per bucket) + 8 MiB of
+  2 x the dedup store's bytes bound (README: 47 bytes per entry + 200 per bucket) + 4 MiB of
   allocator and Envoy slack (--slack-mb);
 * meshguard_errors_total stays 0, no VM failure line in Envoy's log, wasm.meshguard.vm_reload 0;
 * meshguard_dedup_entries never exceeds max_entries, and evictions happened (the store filled);
@@ -317,7 +317,7 @@ def main():
     p.add_argument("--sample", type=float, default=2.0, help="seconds between RSS/stat samples")
     p.add_argument("--max-entries", type=int, default=4096, help="dedup max_entries (small: the store fills)")
     p.add_argument("--connections", type=int, default=16, help="wrk connections")
-    p.add_argument("--slack-mb", type=float, default=8.0, help="allowed RSS growth after warm-up besides the store")
+    p.add_argument("--slack-mb", type=float, default=4.0, help="allowed RSS growth after warm-up besides the store")
     p.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads")
     p.add_argument("--samples-out", help="write the samples as JSON lines to this file")
     p.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)

@@ -56,8 +56,8 @@ fn assert_no_crash(envoy: &Envoy, rejected: usize) {
         other.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
     );
     assert_eq!(expected.len(), rejected, "{expected:?}");
-    let reloads: u64 = stat(envoy, "wasm.meshguard.vm_reload").and_then(|v| v.parse().ok()).unwrap_or(0);
-    assert_eq!(reloads, 0);
+    let reloads = stat(envoy, "wasm.meshguard.vm_reload");
+    assert_eq!(reloads.as_deref(), Some("0"), "wasm.meshguard.vm_reload");
 }
 
 /// One response seen by a traffic client.
