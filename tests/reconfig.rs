@@ -402,10 +402,26 @@ fn dedup_entries_follow_the_store_layout_and_rule_across_reloads() {
     assert_eq!(post_event(&envoy, "k1"), (200, Some("duplicate".into()), Some("a".into())));
     envoy.wait_metric("meshguard_dedup_entries{}", 1.0);
 
+    // An event in flight across the change (the upstream answers after 1.5 s).
+    let port = envoy.port;
+    let slow = thread::spawn(move || {
+        send(port, &Request::post("/e?delay_ms=1500").header("x-event-id", "k-slow").body("{}")).unwrap()
+    });
+    assert!(poll(10, || upstream.requests().iter().any(|r| r.path.starts_with("/e?delay_ms"))));
+
     // Same max_entries (same layout) and rule: the store is the same, k1 is still a duplicate.
     assert_eq!(envoy.deliver(&dedup_config("a2", 64, None)), Update::Accepted);
     wait_marker(&envoy, "a2");
     assert_eq!(post_event(&envoy, "k1"), (200, Some("duplicate".into()), Some("a2".into())));
+    // The event admitted under a is in flight in the same store...
+    let (status, dedup, tag) = post_event(&envoy, "k-slow");
+    assert_eq!((status, dedup.as_deref(), tag.as_deref()), (409, Some("in-flight"), Some("a2")));
+    // ...its response comes back through a's filter instance, which completes the entry...
+    let slow = slow.join().unwrap();
+    assert_eq!((slow.status, marker(&slow).as_deref()), (200, Some("a")));
+    // ...so that a2 answers its redelivery as a duplicate.
+    let done = poll(10, || post_event(&envoy, "k-slow").1.as_deref() == Some("duplicate"));
+    assert!(done, "the event completed under a is a duplicate under a2");
 
     // Another max_entries: another layout, a new empty store; k1 is new to it.
     assert_eq!(envoy.deliver(&dedup_config("b", 128, None)), Update::Accepted);
@@ -413,9 +429,9 @@ fn dedup_entries_follow_the_store_layout_and_rule_across_reloads() {
     let hits = upstream.hits();
     assert_eq!(post_event(&envoy, "k1"), (200, None, Some("b".into())));
     assert_eq!(upstream.hits(), hits + 1);
-    // The gauge counts the entries of every store in shared data: the old store's entry is
-    // still held (shared data is never removed), so it shows 2.
-    envoy.wait_metric("meshguard_dedup_entries{}", 2.0);
+    // The gauge counts the entries of every store in shared data: the old store's entries (k1,
+    // k-slow) are still held (shared data is never removed), so it shows 3.
+    envoy.wait_metric("meshguard_dedup_entries{}", 3.0);
 
     // The same layout under a renamed rule: keys are scoped by rule, k1 is new again.
     assert_eq!(envoy.deliver(&dedup_config("c", 128, Some("events"))), Update::Accepted);
