@@ -313,6 +313,8 @@ def main():
                 e = envoys[name]
                 before = e.cpu_seconds()
                 requests, rps, p50, p99 = wrk(e.port, args.duration, args.connections, name in LOCAL_REPLIES, name)
+                if requests == 0 or e.proc.poll() is not None:
+                    sys.exit(f"{name}: no requests completed (Envoy {'exited' if e.proc.poll() is not None else 'stalled'}); see {e.log.name}")
                 cpu_us = (e.cpu_seconds() - before) * 1e6 / requests
                 samples[name].append({"cpu_us": cpu_us, "rps": rps, "p50_us": p50, "p99_us": p99})
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)

@@ -184,10 +184,17 @@ impl Plugin {
     }
 
     /// Creates every rule's circuit value that does not exist yet (from `on_configure`).
+    /// Also sets each rule's `meshguard_circuit_state` to the phase of the circuit this
+    /// configuration uses: after a reload that gives a rule a fresh circuit (renamed rule, resized
+    /// window) the gauge would otherwise still show the old circuit's last transition.
     pub fn init_shared(&self, host: &mut impl Host) -> Result<(), HostError> {
-        for (rule, key) in self.config.all_rules().zip(&self.circuit_keys) {
+        for (i, (rule, key)) in self.config.all_rules().zip(&self.circuit_keys).enumerate() {
             if let (Some(cb), Some(key)) = (&rule.circuit_breaker, key) {
-                circuit::init(host, key, cb)?;
+                let phase = circuit::init(host, key, cb)?;
+                let gauge = self.metrics.circuit.get(i).and_then(|m| m.as_ref()?.state);
+                if let Some(id) = gauge {
+                    host.set_gauge(id, phase as u64);
+                }
             }
         }
         Ok(())

@@ -451,7 +451,6 @@ fn dedup_entries_follow_the_store_layout_and_rule_across_reloads() {
 /// circuit's state (2, open) until the new circuit makes a transition: the gauge is set only by
 /// transitions, not when `on_configure` creates or finds the rule's state. Ignored until fixed.
 #[test]
-#[ignore = "bug: meshguard_circuit_state keeps the old circuit's state after a reload to a fresh circuit"]
 fn circuit_state_gauge_follows_the_circuit_of_the_new_configuration() {
     let upstream = Upstream::start();
     let mut envoy = DynamicEnvoy::start(Delivery::Ecds, &breaker_rule("a", "r", 10, 50), upstream.port, &[]);

@@ -88,11 +88,18 @@ pub fn record(
 
 /// Creates the rule's value when it does not exist yet (`on_configure`), so that the first
 /// requests of the workers swap against one value instead of racing to create it.
-pub fn init(host: &mut impl Host, key: &str, cfg: &Breaker) -> Result<(), HostError> {
-    if host.shared_get(key)?.is_none() {
-        host.shared_set(key, &State::new(cfg).encode(), 0)?;
+/// Returns the rule's phase as found or created, for `meshguard_circuit_state`.
+pub fn init(host: &mut impl Host, key: &str, cfg: &Breaker) -> Result<Phase, HostError> {
+    let (bytes, cas) = host.shared_get(key)?.unwrap_or_default();
+    if let Some(state) = State::decode(&bytes, cfg) {
+        return Ok(state.phase);
     }
-    Ok(())
+    // Absent, or a value this configuration cannot read: fresh. Swapped against what was read,
+    // so that a worker already running this configuration is never overwritten (a lost race
+    // leaves its valid value, which the first request reads).
+    let fresh = State::new(cfg);
+    host.shared_set(key, &fresh.encode(), cas)?;
+    Ok(fresh.phase)
 }
 
 /// What a change of the rule's state decided, and the worker's new copy of the state.

@@ -629,8 +629,12 @@ fn a_renamed_rule_or_resized_window_starts_from_a_closed_circuit() {
     // The same configuration again (a reload) keeps the open circuit.
     let again = breaker_plugin(open, &mut host);
     assert_eq!(call(&again, &mut host, "200", 0), Verdict::Stop);
+    assert_eq!(host.counter("rule=.=pay;.;meshguard_circuit_state"), 2);
     for changed in [open.replace("\"pay\"", "\"payments\""), open.replace("\"size\": 10", "\"size\": 11")] {
         let plugin = breaker_plugin(&changed, &mut host);
+        let rule = if changed.contains("payments") { "payments" } else { "pay" };
+        let gauge = format!("rule=.={rule};.;meshguard_circuit_state");
+        assert_eq!(host.counter(&gauge), 0, "the gauge shows the fresh circuit: {changed}");
         assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Continue, "{changed}");
     }
 }
