@@ -47,3 +47,6 @@ bash scripts/check-deploy.sh
 
 step "integration tests against a real Envoy (--concurrency 2)"
 cargo test --tests --no-fail-fast -- --test-threads "${TEST_THREADS:-3}"
+
+step "soak: 60 s of mixed traffic against a flapping upstream (memory flat, no error counters; docs/soak.md)"
+bash scripts/soak.sh --duration 60
