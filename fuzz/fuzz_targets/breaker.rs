@@ -5,7 +5,8 @@
 //! Input: 5 configuration bytes (`breaker_config` in `fuzz/src/lib.rs`: window kind and size,
 //! minimum calls, thresholds, consecutive failures, probes and mode, open duration, multiplier and
 //! cap), a `u16`-length-prefixed stored value (anything that does not decode means "start
-//! closed", as in the filter), a `u16` clock offset (ms), then operations, one byte each (+ args):
+//! closed", as in the filter; `0xff` + fields is shaped into a decodable value, see
+//! `shaped_state`), a `u16` clock offset (ms), then operations, one byte each (+ args):
 //! `op % 5` = 0 admit, 1-2 record an admitted call (or a stale generation), 3 advance the clock,
 //! 4 swap the state through its encoding (another worker reads it).
 //!
@@ -38,11 +39,54 @@ fn check_transition(before: &State, after: &State, t: &Option<Transition>) {
     }
 }
 
+/// The encoding of a state of `cfg`'s window with every field from `raw` (see the codec in
+/// `src/breaker/codec.rs`: version, phase, seven counters and times, window kind, size, body).
+fn shaped_state(cfg: &meshguard::config::Breaker, raw: &[u8]) -> Vec<u8> {
+    let mut r = Bytes(raw);
+    let mut out = vec![1, r.u8() % 3];
+    for width in [4, 8, 8, 4, 4, 8, 4] {
+        let field = r.take(width);
+        out.extend_from_slice(field);
+        out.resize(out.len() + width - field.len(), 0);
+    }
+    match cfg.window {
+        Window::Count(n) => {
+            out.push(0);
+            out.extend_from_slice(&n.to_le_bytes());
+            out.extend_from_slice(&(r.u32() % n).to_le_bytes());
+            out.extend_from_slice(&(r.u32() % (n + 1)).to_le_bytes());
+            out.extend((0..n).map(|_| r.u8() % 4));
+        }
+        Window::Time(n) => {
+            out.push(1);
+            out.extend_from_slice(&n.to_le_bytes());
+            for _ in 0..n * 20 {
+                out.push(r.u8());
+            }
+        }
+    }
+    out
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut b = Bytes(data);
     let cfg = breaker_config(&mut b);
-    let stored = b.blob();
+    let blob = b.blob();
+    // A blob starting with 0xff (never a format version) is shaped into a value that decodes for
+    // this window, every field taken from the input: states another worker, an older build or a
+    // corrupted write could leave, which random bytes rarely reach through the strict decoder.
+    let shaped;
+    let stored = match blob.split_first() {
+        Some((0xff, rest)) => {
+            shaped = shaped_state(&cfg, rest);
+            &shaped[..]
+        }
+        _ => blob,
+    };
     let decoded = State::decode(stored, &cfg);
+    if blob.first() == Some(&0xff) {
+        assert!(decoded.is_some(), "a shaped value decodes");
+    }
     if let Some(s) = &decoded {
         assert_eq!(s.encode(), stored, "decode is canonical");
     }

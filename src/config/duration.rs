@@ -27,7 +27,8 @@ pub fn parse(text: &str) -> Result<u64, String> {
             b"h" => 3_600_000_000_000,
             _ => return Err(invalid()),
         };
-        total += scaled(number, scale).ok_or_else(invalid)?;
+        // Checked: a wrapped sum would turn a huge duration into a small valid one.
+        total = total.checked_add(scaled(number, scale).ok_or_else(invalid)?).ok_or_else(invalid)?;
         if total > u128::from(MAX_NANOS) {
             return Err(format!("duration {text:?} is longer than 30 days"));
         }
@@ -54,7 +55,7 @@ fn scaled(number: &[u8], scale: u128) -> Option<u128> {
     let mut unit = scale;
     for digit in frac.bytes() {
         unit /= 10;
-        value += u128::from(digit - b'0') * unit;
+        value = value.checked_add(u128::from(digit - b'0') * unit)?;
     }
     Some(value)
 }

@@ -268,3 +268,18 @@ fn errors_escape_control_characters_of_keys() {
     );
     assert!(errs.iter().all(|e| !e.chars().any(char::is_control)));
 }
+
+#[test]
+fn durations_too_large_to_add_up_are_rejected_not_wrapped() {
+    // The invariant of the `duration_status` fuzz target: the components' sum overflowed u128 (a
+    // panic in a debug build; in the release wasm a wrap-around to a small duration, accepted).
+    for text in [
+        "1ns340282366920938463463374607431768211455ns",
+        "2ns340282366920938463463374607431768211455ns",
+        "340282366920938463463374607431.9s",
+    ] {
+        assert!(duration::parse(text).is_err(), "{text}");
+        let json = format!(r#"{{"circuit_breaker": {{"open_duration": "{text}"}}}}"#);
+        assert_eq!(errors(&json).len(), 1, "{text}");
+    }
+}
