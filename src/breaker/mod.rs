@@ -189,7 +189,8 @@ impl State {
                     let what = if outcome.failure { "probe failed" } else { "probe was slow" };
                     return Some(self.open(cfg, now, what.to_string()));
                 }
-                self.probes_succeeded += 1;
+                // Saturating: counters come from shared data, which may hold any value.
+                self.probes_succeeded = self.probes_succeeded.saturating_add(1);
                 if self.probes_succeeded >= cfg.half_open_calls {
                     let n = self.probes_succeeded;
                     let t = self.transition(Phase::Closed, format!("{n} of {n} probes succeeded"));
@@ -287,9 +288,10 @@ impl State {
                 if bucket.second != second {
                     *bucket = Bucket { second, ..Bucket::default() };
                 }
-                bucket.calls += 1;
-                bucket.failures += u32::from(outcome.failure);
-                bucket.slow += u32::from(outcome.slow);
+                // Saturating: a bucket read from shared data may hold any count.
+                bucket.calls = bucket.calls.saturating_add(1);
+                bucket.failures = bucket.failures.saturating_add(u32::from(outcome.failure));
+                bucket.slow = bucket.slow.saturating_add(u32::from(outcome.slow));
             }
         }
     }
@@ -310,9 +312,9 @@ impl State {
                 let second = now / SECOND;
                 let oldest = second.saturating_sub(buckets.len() as u64 - 1);
                 for b in buckets.iter().filter(|b| b.calls > 0 && b.second >= oldest && b.second <= second) {
-                    t.calls += b.calls;
-                    t.failures += b.failures;
-                    t.slow += b.slow;
+                    t.calls = t.calls.saturating_add(b.calls);
+                    t.failures = t.failures.saturating_add(b.failures);
+                    t.slow = t.slow.saturating_add(b.slow);
                 }
             }
         }

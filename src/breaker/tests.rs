@@ -357,3 +357,30 @@ fn a_copy_answers_only_for_open_before_its_time_and_quiet_closed_with_an_epoch()
     let forced = cfg(r#"{"mode": "forced_open", "open_duration": "3s"}"#);
     assert_eq!(admit_cached(None, &forced, T0), Cached::Exact(Admission::Reject { retry_after_s: 3 }));
 }
+
+#[test]
+fn corrupted_counters_in_shared_data_saturate_instead_of_overflowing() {
+    // Shared data another build or a corrupted write left: counters at their maximum. Decoding
+    // accepts them (they are in range for the format); using them must not overflow (a panic
+    // would kill the VM in a debug build, a silent wrap in release).
+    let time = cfg(r#"{"window": {"type": "time", "size": "2s"}, "minimum_calls": 1}"#);
+    let mut state = State::new(&time);
+    let second = T0 / S;
+    if let Calls::Time { buckets } = &mut state.window {
+        buckets[(second % 2) as usize] = Bucket { second, calls: u32::MAX, failures: 0, slow: 0 };
+        buckets[((second - 1) % 2) as usize] = Bucket { second: second - 1, calls: u32::MAX, failures: 0, slow: 0 };
+    }
+    let mut state = State::decode(&state.encode(), &time).unwrap();
+    assert_eq!(state.totals(T0).calls, u32::MAX);
+    state.record(&time, 0, false, OK, T0);
+    assert_eq!(state.totals(T0).calls, u32::MAX);
+
+    let count = cfg(r#"{"half_open_calls": 2}"#);
+    let mut state = State::new(&count);
+    state.phase = Phase::HalfOpen;
+    state.probes_issued = u32::MAX;
+    state.probes_succeeded = u32::MAX;
+    let mut state = State::decode(&state.encode(), &count).unwrap();
+    let t = state.record(&count, 0, true, OK, T0).expect("enough probes succeeded");
+    assert_eq!((t.from, t.to), (Phase::HalfOpen, Phase::Closed));
+}
