@@ -139,6 +139,33 @@ fn main() {
         write("breaker", &format!("{name}-truncated"), &truncated);
     }
 
+    // Regressions: shaped values (0xff, see fuzz_targets/breaker.rs) with counters at their maximum.
+    let second = 1_700_000_000u64;
+    for (name, phase, ops) in [
+        ("regression-max-probe-successes", 1u8, vec![0x83u8, 0, 0, 0, 0, 1, 0]),
+        ("regression-max-bucket-calls", 0, vec![0, 1, 0, 0, 1, 0]),
+    ] {
+        let mut shaped = vec![0xff, phase];
+        shaped.extend_from_slice(&0u32.to_le_bytes()); // generation
+        shaped.extend_from_slice(&0u64.to_le_bytes()); // open_until
+        shaped.extend_from_slice(&(2 * SECOND).to_le_bytes()); // open_duration
+        shaped.extend_from_slice(&u32::MAX.to_le_bytes()); // probes_issued
+        shaped.extend_from_slice(&u32::MAX.to_le_bytes()); // probes_succeeded
+        shaped.extend_from_slice(&u64::MAX.to_le_bytes()); // probe_deadline
+        shaped.extend_from_slice(&0u32.to_le_bytes()); // consecutive_failures
+        for s in [second, second - 1] {
+            shaped.extend_from_slice(&s.to_le_bytes());
+            let calls = if phase == 0 { u32::MAX } else { 0 };
+            shaped.extend_from_slice(&calls.to_le_bytes());
+            shaped.extend_from_slice(&[0; 8]);
+        }
+        let mut seed = breaker_config_bytes(true, 2).to_vec();
+        blob(&mut seed, &shaped);
+        seed.extend_from_slice(&[0, 0]);
+        seed.extend_from_slice(&ops);
+        write("breaker", name, &seed);
+    }
+
     // Dedup: a bucket with an in-flight and a completed entry, a full one, a truncated one.
     let layout = Layout::new(8);
     let mut bucket = Bucket::default();
