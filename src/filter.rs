@@ -187,6 +187,11 @@ impl Plugin {
     /// Also sets each rule's `meshguard_circuit_state` to the phase of the circuit this
     /// configuration uses: after a reload that gives a rule a fresh circuit (renamed rule, resized
     /// window) the gauge would otherwise still show the old circuit's last transition.
+    ///
+    /// Every dedup bucket is created too: Envoy applies a write to a missing key
+    /// unconditionally, so two workers creating one bucket on their first requests could both
+    /// let the same event through (or lose each other's entry). Created here, before this worker
+    /// serves, every request swaps against an existing value.
     pub fn init_shared(&self, host: &mut impl Host) -> Result<(), HostError> {
         for (i, (rule, key)) in self.config.all_rules().zip(&self.circuit_keys).enumerate() {
             if let (Some(cb), Some(key)) = (&rule.circuit_breaker, key) {
@@ -194,6 +199,15 @@ impl Plugin {
                 let gauge = self.metrics.circuit.get(i).and_then(|m| m.as_ref()?.state);
                 if let Some(id) = gauge {
                     host.set_gauge(id, phase as u64);
+                }
+            }
+        }
+        if let Some(layout) = self.dedup_layout {
+            let empty = dd::store::Bucket::default().encode();
+            for bucket in 0..layout.buckets {
+                let key = layout.key(&self.name, bucket);
+                if host.shared_get(&key)?.is_none() {
+                    host.shared_set(&key, &empty, 0)?;
                 }
             }
         }
@@ -248,6 +262,7 @@ pub struct Stream {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Pending {
     id: u128,
+    nonce: u32,
     method: Vec<u8>,
     path: Vec<u8>,
 }
@@ -361,7 +376,7 @@ impl Stream {
         let body = host.request_body(size.min(dd::MAX_BODY_FINGERPRINT)).unwrap_or_default();
         let fingerprint = dd::fingerprint(&pending.method, &pending.path, Some(&body));
         let id = self.correlation_id.clone().unwrap_or_default();
-        match self.dedup_check(plugin, host, pending.id, fingerprint, &id) {
+        match self.dedup_check(plugin, host, pending.id, pending.nonce, fingerprint, &id) {
             Some(reply) => {
                 let r = host.set_filter_state(state::DEDUP, self.dedup.map_or("none", dd::Outcome::as_str).as_bytes());
                 self.check(plugin, host, r, &id);
@@ -441,17 +456,22 @@ impl Stream {
             Scope::Caller => Some(host.property(&["connection", "uri_san_peer_certificate"]).unwrap_or_default()),
         };
         let key_id = dd::key_id(&rule.name, caller.as_deref(), &key);
+        // Which request owns the entry while it is in flight: random, so that no other request
+        // can complete or release it; never 0.
+        let mut bytes = [0u8; 4];
+        entropy.fill(&mut bytes);
+        let nonce = u32::from_le_bytes(bytes) | 1;
         let path = headers.get(":path").unwrap_or_default();
         let fingerprint = match cfg.fingerprint {
             Fingerprint::None => 0,
             Fingerprint::MethodPath => dd::fingerprint(method, path, None),
             Fingerprint::Body if end_of_stream => dd::fingerprint(method, path, Some(&[])),
             Fingerprint::Body => {
-                self.pending = Some(Pending { id: key_id, method: method.to_vec(), path: path.to_vec() });
+                self.pending = Some(Pending { id: key_id, nonce, method: method.to_vec(), path: path.to_vec() });
                 return None;
             }
         };
-        self.dedup_check(plugin, host, key_id, fingerprint, id)
+        self.dedup_check(plugin, host, key_id, nonce, fingerprint, id)
     }
 
     /// Looks the key up in the store (recording it in flight when new).
@@ -460,6 +480,7 @@ impl Stream {
         plugin: &Plugin,
         host: &mut impl Host,
         key_id: u128,
+        nonce: u32,
         fingerprint: u64,
         id: &str,
     ) -> Option<DedupReply> {
@@ -468,8 +489,6 @@ impl Stream {
         let bucket = layout.bucket_of(key_id);
         let key = layout.key(&plugin.name, bucket);
         let now = host.now();
-        // A nonce that says which request owns the entry; never 0.
-        let nonce = (now as u32 ^ (key_id as u32).rotate_left(7) ^ (bucket << 3)) | 1;
         let (check, fx) = match dedup::check(host, &layout, &key, key_id, fingerprint, nonce, now, cfg.in_flight_ttl) {
             Ok(r) => r,
             Err(e) => {

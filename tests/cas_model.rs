@@ -1095,7 +1095,6 @@ fn a_released_key_is_processed_again_and_never_by_two_at_once() {
 /// unconditionally, and both requests go upstream (or one of two keys is lost). The breaker avoids
 /// this by creating its key in `on_configure`; the dedup buckets are created on first use.
 #[test]
-#[ignore = "bug: the first write to a fresh dedup bucket is unguarded (buckets are not created in on_configure)"]
 fn first_use_of_a_bucket_lets_exactly_one_of_two_workers_through() {
     let scripts: Vec<Vec<Step>> = (0..2).map(|w| one_event(w, "evt-1", 200)).collect();
     let schedules = exhaustive(None, 10_000, |strategy| {
