@@ -35,6 +35,9 @@ size=$(stat -c %s "$WASM")
 echo "meshguard.wasm: ${size} bytes (budget ${MAX_WASM_BYTES})"
 if [ "$size" -gt "$MAX_WASM_BYTES" ]; then echo "wasm over budget" >&2; exit 1; fi
 
+step "fuzzing: every cargo-fuzz target for 15 s (docs/fuzzing.md)"
+bash scripts/fuzz.sh 15
+
 step "envoy --mode validate of the shipped bootstraps"
 for bootstrap in envoy/*.yaml; do
   grep -q '^static_resources:' "$bootstrap" || continue
