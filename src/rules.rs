@@ -58,7 +58,10 @@ fn matches(m: &Match, facts: &mut impl Facts) -> bool {
 pub fn host_without_port(authority: &[u8]) -> &[u8] {
     if authority.first() == Some(&b'[') {
         let end = authority.iter().position(|&b| b == b']').map_or(authority.len(), |i| i + 1);
-        return authority.get(..end).unwrap_or(authority);
+        // Only a port may follow the bracket, as for a name: `[::1]junk` is not host `[::1]`.
+        let port = authority.get(end..).unwrap_or_default();
+        let port_only = port.is_empty() || port.first() == Some(&b':') && port.iter().skip(1).all(u8::is_ascii_digit);
+        return if port_only { authority.get(..end).unwrap_or(authority) } else { authority };
     }
     match authority.iter().rposition(|&b| b == b':') {
         Some(colon) if authority.get(colon + 1..).is_some_and(|port| port.iter().all(u8::is_ascii_digit)) => {
@@ -205,6 +208,23 @@ mod tests {
         ];
         for (authority, host) in cases {
             assert_eq!(host_without_port(authority.as_bytes()), host.as_bytes(), "{authority}");
+        }
+    }
+
+    #[test]
+    fn only_a_port_is_stripped_after_an_ip_literal() {
+        // Found by the event_key fuzz target: `[q]` followed by other bytes was cut to `[q]`, so
+        // a malformed authority matched a rule's host.
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"[q]\0\0\x04\xaa", b"[q]\0\0\x04\xaa"),
+            (b"[::1]junk", b"[::1]junk"),
+            (b"[::1]:80x", b"[::1]:80x"),
+            (b"[::1]:", b"[::1]"),
+            (b"[::1]:8080", b"[::1]"),
+            (b"[::1", b"[::1"),
+        ];
+        for (authority, host) in cases {
+            assert_eq!(host_without_port(authority), *host, "{}", String::from_utf8_lossy(authority));
         }
     }
 }
