@@ -285,13 +285,20 @@ def main():
         action="append",
         default=[],
         metavar="NAME=WASM[:CONFIG]",
-        help="an extra configuration running another build (A/B of a change), with CONFIG or {}",
+        help="an extra configuration running another build (A/B of a change), with CONFIG or {}; "
+        "WASM 'none' is Envoy alone, 'empty' the empty filter. A NAME starting with a scripted "
+        "configuration's name (all-features, dedup-replay) sends that configuration's requests",
     )
     args = ap.parse_args()
     for variant in args.variant:
         name, _, rest = variant.partition("=")
         path, _, config = rest.partition(":")
-        CONFIGS[name] = (f"variant {os.path.basename(path)}", [wasm_filter("meshguard", os.path.abspath(path), config or "{}")])
+        if path == "none":  # Envoy alone, e.g. under another configuration's wrk script
+            CONFIGS[name] = ("Envoy, no filter", [])
+        elif path == "empty":
+            CONFIGS[name] = ("empty Rust proxy-wasm filter", [wasm_filter("empty", EMPTY_WASM, "")])
+        else:
+            CONFIGS[name] = (f"variant {os.path.basename(path)}", [wasm_filter("meshguard", os.path.abspath(path), config or "{}")])
         if args.only is not None:
             args.only.append(name)
 
