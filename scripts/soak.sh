@@ -9,9 +9,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-if ! command -v wrk >/dev/null; then
-  echo "setup: installing wrk (apt-get)"
-  apt-get update -qq && apt-get install -y -qq wrk >/dev/null
-fi
+ensure_wrk
 cargo build --quiet --release --target wasm32-wasip1
 exec python3 benches/soak.py "$@"
