@@ -40,11 +40,14 @@ if [ $# -gt 0 ]; then TARGETS=("$@"); else mapfile -t TARGETS < <(cargo fuzz lis
 
 log "building ${#TARGETS[@]} fuzz targets (sanitizer: $SANITIZER)"
 build_start=$(date +%s)
-cargo fuzz build --sanitizer "$SANITIZER" >/dev/null
-log "built in $(( $(date +%s) - build_start )) s"
-
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+if ! cargo fuzz build --sanitizer "$SANITIZER" >"$WORK/build.log" 2>&1; then
+    tail -40 "$WORK/build.log"
+    echo "fuzz: build FAILED"
+    exit 1
+fi
+log "built in $(( $(date +%s) - build_start )) s"
 failed=()
 summary=()
 total_execs=0
