@@ -383,7 +383,17 @@ fn parse_correlation(value: Option<&Value>, errors: &mut Errors) -> Correlation 
         c.echo_downstream = echo;
     }
     if let Some(max) = f.int("max_length", 1, 4096) {
-        c.max_length = max as usize;
+        // A limit below the ids meshguard makes would have the next hop replace every id this
+        // hop generated: the id would change at each sidecar.
+        let made = if c.generator == Generator::TraceId { 32 } else { 36 };
+        if (max as usize) < made {
+            f.error(
+                "max_length",
+                format!("must be at least {made}, the length of the ids the generator makes, got {max}"),
+            );
+        } else {
+            c.max_length = max as usize;
+        }
     }
     c
 }

@@ -123,6 +123,14 @@ fn invalid_values_are_reported_with_their_json_path() {
         (r#"{"correlation": {"header": ":path"}}"#, "correlation.header: invalid header name \":path\""),
         (r#"{"correlation": {"generator": "uuid7"}}"#, "correlation.generator: must be one of \"uuid4\", \"trace_id\", \"request_id\", got \"uuid7\""),
         (r#"{"correlation": {"max_length": 0}}"#, "correlation.max_length: must be an integer from 1 to 4096, got 0"),
+        (
+            r#"{"correlation": {"max_length": 35}}"#,
+            "correlation.max_length: must be at least 36, the length of the ids the generator makes, got 35",
+        ),
+        (
+            r#"{"correlation": {"max_length": 31, "generator": "trace_id"}}"#,
+            "correlation.max_length: must be at least 32, the length of the ids the generator makes, got 31",
+        ),
         (r#"{"correlation": {"echo_downstream": "yes"}}"#, "correlation.echo_downstream: must be a boolean, got a string"),
         (r#"{"trace": {"sample_ratio": 1.5}}"#, "trace.sample_ratio: must be from 0 to 1, got 1.5"),
         (r#"{"trace": {"sample_ratio": -0.1}}"#, "trace.sample_ratio: must be from 0 to 1, got -0.1"),
