@@ -158,6 +158,8 @@ pub struct Plugin {
     pub name: String,
     /// The dedup store's buckets (one store per plugin, sized by the largest `max_entries`).
     pub dedup_layout: Option<Layout>,
+    /// Their shared-data keys.
+    dedup_keys: Option<dd::store::BucketKeys>,
     /// The first traced stream of this worker has checked whether an Envoy tracer rewrote the
     /// trace headers after meshguard (see [`Stream::on_log`]).
     tracer_checked: Cell<bool>,
@@ -172,6 +174,7 @@ impl Plugin {
         let circuit_snapshots = config.all_rules().map(|_| RefCell::new(None)).collect();
         let dedup_layout =
             config.all_rules().filter_map(|r| r.dedup.as_ref()).map(|d| d.max_entries).max().map(Layout::new);
+        let dedup_keys = dedup_layout.map(|layout| dd::store::BucketKeys::new(&layout, name));
         Plugin {
             config,
             metrics,
@@ -179,6 +182,7 @@ impl Plugin {
             circuit_snapshots,
             name: name.to_string(),
             dedup_layout,
+            dedup_keys,
             tracer_checked: Cell::new(false),
         }
     }
@@ -202,10 +206,10 @@ impl Plugin {
                 }
             }
         }
-        if let Some(layout) = self.dedup_layout {
+        if let (Some(layout), Some(keys)) = (self.dedup_layout, &self.dedup_keys) {
             let empty = dd::store::Bucket::default().encode();
             for bucket in 0..layout.buckets {
-                let key = layout.key(&self.name, bucket);
+                let key = keys.key(bucket);
                 if host.shared_get(&key)?.is_none() {
                     host.shared_set(&key, &empty, 0)?;
                 }
@@ -487,7 +491,7 @@ impl Stream {
         let cfg = plugin.config.rule(self.rule).dedup.as_ref()?;
         let layout = plugin.dedup_layout?;
         let bucket = layout.bucket_of(key_id);
-        let key = layout.key(&plugin.name, bucket);
+        let key = plugin.dedup_keys.as_ref()?.key(bucket);
         let now = host.now();
         let (check, fx) = match dedup::check(host, &layout, &key, key_id, fingerprint, nonce, now, cfg.in_flight_ttl) {
             Ok(r) => r,
@@ -569,10 +573,12 @@ impl Stream {
         let Some((held, bucket)) = self.held.take() else {
             return;
         };
-        let (Some(cfg), Some(layout)) = (plugin.config.rule(self.rule).dedup.as_ref(), plugin.dedup_layout) else {
+        let (Some(cfg), Some(layout), Some(keys)) =
+            (plugin.config.rule(self.rule).dedup.as_ref(), plugin.dedup_layout, &plugin.dedup_keys)
+        else {
             return;
         };
-        let key = layout.key(&plugin.name, bucket);
+        let key = keys.key(bucket);
         let id = self.correlation_id.clone().unwrap_or_default();
         let now = host.now();
         let result = match status {

@@ -70,6 +70,18 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn hex_is_lower_case_two_digits_per_byte_across_chunk_boundaries() {
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        let mut out = String::from("x");
+        push_hex(&mut out, &bytes);
+        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(out, format!("x{expected}"));
+        let mut empty = String::new();
+        push_hex(&mut empty, &[]);
+        assert_eq!(empty, "");
+    }
+
     struct Fixed(u8);
     impl Entropy for Fixed {
         fn fill(&mut self, buf: &mut [u8]) {

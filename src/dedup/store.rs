@@ -34,13 +34,49 @@ impl Layout {
     /// The shared-data key of bucket `i`; the layout is part of it, so a resized store never
     /// reads buckets of another size.
     pub fn key(&self, plugin: &str, i: u32) -> String {
-        format!("meshguard/{plugin}/dedup/{}x{}/{i}", self.buckets, self.per_bucket)
+        BucketKeys::new(self, plugin).key(i)
     }
 
     /// Upper bound of the bytes the store's values hold, plus a generous 200 bytes per bucket for
     /// its key and Envoy's map node.
     pub fn bytes_bound(&self) -> u64 {
         u64::from(self.buckets) * (2 + u64::from(self.per_bucket) * ENTRY_BYTES as u64 + 200)
+    }
+}
+
+/// The shared-data keys of one store: the fixed prefix is made once per configuration, so a
+/// request only appends its bucket's number (no formatting machinery on the request path).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketKeys {
+    prefix: String,
+}
+
+impl BucketKeys {
+    pub fn new(layout: &Layout, plugin: &str) -> BucketKeys {
+        BucketKeys { prefix: format!("meshguard/{plugin}/dedup/{}x{}/", layout.buckets, layout.per_bucket) }
+    }
+
+    /// `meshguard/<plugin>/dedup/<buckets>x<per bucket>/<i>`.
+    pub fn key(&self, i: u32) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 10);
+        key.push_str(&self.prefix);
+        let mut digits = [0u8; 10];
+        let mut n = i;
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            if let Some(d) = digits.get_mut(start) {
+                *d = b'0' + (n % 10) as u8;
+            }
+            n /= 10;
+            if n == 0 || start == 0 {
+                break;
+            }
+        }
+        for &d in digits.get(start..).unwrap_or_default() {
+            key.push(char::from(d));
+        }
+        key
     }
 }
 

@@ -155,3 +155,16 @@ fn buckets_round_trip_and_refuse_other_layouts() {
     assert_eq!(Bucket::decode(&[], &l), None);
     assert_eq!(Bucket::decode(&[1, 0], &l), Some(Bucket::default()));
 }
+
+#[test]
+fn bucket_keys_name_the_plugin_the_layout_and_the_bucket() {
+    let layout = Layout::new(100_000);
+    let keys = store::BucketKeys::new(&layout, "meshguard-inbound");
+    assert_eq!(keys.key(0), "meshguard/meshguard-inbound/dedup/12500x8/0");
+    assert_eq!(keys.key(7), "meshguard/meshguard-inbound/dedup/12500x8/7");
+    assert_eq!(keys.key(12_499), "meshguard/meshguard-inbound/dedup/12500x8/12499");
+    assert_eq!(keys.key(u32::MAX), "meshguard/meshguard-inbound/dedup/12500x8/4294967295");
+    for i in [1, 9, 10, 99, 100, 1234, 100_000, 999_999] {
+        assert_eq!(keys.key(i), format!("meshguard/meshguard-inbound/dedup/12500x8/{i}"));
+    }
+}

@@ -17,6 +17,10 @@ pub struct B3 {
 
 impl B3 {
     pub fn read(headers: &HeaderMap) -> B3 {
+        // Most requests carry no B3 at all: one pass over the names instead of five lookups.
+        if !headers.iter().any(|(name, _)| name == b"b3" || name.starts_with(b"x-b3-")) {
+            return B3::default();
+        }
         if let Some(single) = headers.get("b3").and_then(single) {
             return single;
         }
