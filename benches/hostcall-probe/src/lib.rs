@@ -10,6 +10,8 @@
 //! * `metric` read a counter's value with `proxy_get_metric`
 //! * `sget`  read a 400-byte shared-data value
 //! * `scas`  read that value and write it back with its CAS token (one read-and-swap)
+//! * `skeys` spread `sget`/`scas` over this many keys, a different one per request (like
+//!   meshguard's dedup buckets); default 1
 //! * `now`   read the host clock
 
 use std::rc::Rc;
@@ -31,6 +33,7 @@ struct Plan {
     sget: u32,
     scas: u32,
     now: u32,
+    skeys: u32,
     metric: u32,
 }
 
@@ -43,6 +46,7 @@ struct Root {
 
 struct Stream {
     plan: Rc<Plan>,
+    key: String,
 }
 
 impl Context for Root {}
@@ -80,11 +84,11 @@ impl HttpContext for Stream {
             let _ = hostcalls::get_metric(p.metric);
         }
         for _ in 0..p.sget {
-            let _ = hostcalls::get_shared_data(SHARED_KEY);
+            let _ = hostcalls::get_shared_data(&self.key);
         }
         for _ in 0..p.scas {
-            if let Ok((Some(value), Some(cas))) = hostcalls::get_shared_data(SHARED_KEY) {
-                let _ = hostcalls::set_shared_data(SHARED_KEY, Some(&value), Some(cas));
+            if let Ok((Some(value), Some(cas))) = hostcalls::get_shared_data(&self.key) {
+                let _ = hostcalls::set_shared_data(&self.key, Some(&value), Some(cas));
             }
         }
         for _ in 0..p.now {
@@ -120,20 +124,26 @@ impl RootContext for Root {
                 "sget" => plan.sget = n,
                 "scas" => plan.scas = n,
                 "now" => plan.now = n,
+                "skeys" => plan.skeys = n,
                 "{}" => {}
                 _ => return false,
             }
         }
         plan.metric = hostcalls::define_metric(MetricType::Counter, "probe_total").unwrap_or(0);
+        plan.skeys = plan.skeys.max(1);
         if plan.sget + plan.scas > 0 {
-            let _ = hostcalls::set_shared_data(SHARED_KEY, Some(&[7u8; 400]), None);
+            for i in 0..plan.skeys {
+                let _ = hostcalls::set_shared_data(&format!("{SHARED_KEY}/{i}"), Some(&[7u8; 400]), None);
+            }
         }
         self.plan = Rc::new(plan);
         true
     }
 
-    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { plan: Rc::clone(&self.plan) }))
+    fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
+        // Context ids grow by one per stream: a different key per request, round robin.
+        let key = format!("{SHARED_KEY}/{}", id.wrapping_mul(2_654_435_761) % self.plan.skeys.max(1));
+        Some(Box::new(Stream { plan: Rc::clone(&self.plan), key }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
