@@ -642,17 +642,13 @@ impl Stream {
         let cached = breaker::admit_cached(snapshot.borrow().as_ref(), cfg, now);
         let (admission, transition) = match cached {
             Cached::Exact(admission) => (admission, None),
-            Cached::IfEpoch(seen, admission) => {
+            cached => {
+                // Read before the shared value (if it comes to that), as the copy's rule requires.
                 let epoch = m.and_then(|m| m.epoch(host));
-                if epoch == Some(seen) {
-                    (admission, None)
-                } else {
-                    self.circuit_admit_shared(plugin, host, key, cfg, now, epoch, id)?
+                match cached {
+                    Cached::IfEpoch(seen, admission) if epoch == Some(seen) => (admission, None),
+                    _ => self.circuit_admit_shared(plugin, host, key, cfg, now, epoch, id)?,
                 }
-            }
-            Cached::Miss => {
-                let epoch = m.and_then(|m| m.epoch(host));
-                self.circuit_admit_shared(plugin, host, key, cfg, now, epoch, id)?
             }
         };
         if let (Some(t), Some(m)) = (&transition, m) {
