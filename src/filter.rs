@@ -200,9 +200,11 @@ impl Plugin {
         for (i, (rule, key)) in self.config.all_rules().zip(&self.circuit_keys).enumerate() {
             if let (Some(cb), Some(key)) = (&rule.circuit_breaker, key) {
                 let phase = circuit::init(host, key, cb)?;
-                let gauge = self.metrics.circuit.get(i).and_then(|m| m.as_ref()?.state);
-                if let Some(id) = gauge {
-                    host.set_gauge(id, phase as u64);
+                if let Some(m) = self.metrics.circuit.get(i).and_then(Option::as_ref) {
+                    if let Some(id) = m.state {
+                        host.set_gauge(id, phase as u64);
+                    }
+                    m.check_epoch(host);
                 }
             }
         }
@@ -770,13 +772,18 @@ impl Stream {
         }
         let id = self.correlation_id.clone().unwrap_or_default();
         let result = circuit::record(host, key, cfg, call, outcome, now, epoch);
-        // After the swap: the increments are the rule's epoch, which other workers compare their
-        // copies with (`breaker::snapshot`).
         if outcome.failure {
             increment(host, m.and_then(|m| m.failures));
         }
         if outcome.slow {
             increment(host, m.and_then(|m| m.slow));
+        }
+        if outcome.failure || outcome.slow {
+            // After the swap: other workers compare their copies with the epoch
+            // (`breaker::snapshot`).
+            if let Some(m) = m {
+                m.bump_epoch(host);
+            }
         }
         match result {
             Ok(updated) => {

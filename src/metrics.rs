@@ -15,6 +15,10 @@ pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "meshguard_circuit_transitions_total
 pub const CIRCUIT_REJECTED_TOTAL: &str = "meshguard_circuit_rejected_total";
 pub const CIRCUIT_FAILURES_TOTAL: &str = "meshguard_circuit_failures_total";
 pub const CIRCUIT_SLOW_TOTAL: &str = "meshguard_circuit_slow_total";
+/// Internal, not part of the dashboard: a per-rule change counter (a gauge, so that its liveness
+/// can be checked by moving it up and back down) that lets each worker trust its copy of the
+/// circuit (`breaker::snapshot`).
+pub(crate) const CIRCUIT_EPOCH: &str = "meshguard_circuit_epoch";
 
 /// The stat name for `metric` with `tags` (name, value) encoded in order.
 pub fn name(metric: &str, tags: &[(&str, &str)]) -> String {

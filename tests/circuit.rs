@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::thread;
 
-use support::envoy::Envoy;
+use support::envoy::{render_bootstrap, Envoy, Options};
 use support::http::{send, Conn, Request};
 use support::upstream::Upstream;
 
@@ -259,5 +259,37 @@ fn a_circuit_opened_on_one_worker_rejects_on_the_other_whose_copy_was_quiet() {
     let r = w1.send(&Request::get("/")).unwrap();
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.header("x-meshguard-circuit").as_deref(), Some("open"));
+    assert_eq!(upstream.hits(), hits);
+}
+
+#[test]
+fn with_meshguard_stats_rejected_by_envoy_a_circuit_still_opens_for_every_worker() {
+    // Istio without `proxyStatsMatcher` for meshguard: Envoy's stats matcher rejects its stats,
+    // which then ignore writes and read 0. The breaker must not rely on them.
+    let upstream = Upstream::start();
+    let config = r#"{"circuit_breaker": {"window": {"type": "count", "size": 4}, "minimum_calls": 4,
+                     "failure_rate_threshold": 50, "open_duration": "30s"}}"#;
+    let bootstrap = render_bootstrap(&Options::new(config, upstream.port), 0, 0).replacen(
+        "stats_config:\n",
+        "stats_config:\n  stats_matcher:\n    exclusion_list:\n      patterns: [{ safe_regex: { regex: \".*meshguard_.*\" } }]\n",
+        1,
+    );
+    let envoy = Envoy::try_start_bootstrap(&bootstrap, 2, &[]).unwrap();
+    assert_eq!(envoy.metric(r#"meshguard_requests_total{rule="default"}"#), None, "stats are rejected");
+    let [mut w0, mut w1] = one_connection_per_worker(&envoy);
+    for _ in 0..6 {
+        assert_eq!(w0.send(&Request::get("/")).unwrap().status, 200);
+        assert_eq!(w1.send(&Request::get("/")).unwrap().status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(w0.send(&Request::get("/?status=500")).unwrap().status, 500);
+    }
+    let opened = envoy.wait_for("the transition line", 10, |e| {
+        e.meshguard_lines().into_iter().find(|l| l.contains("circuit default closed -> open"))
+    });
+    assert!(opened.contains("failure rate 50% of 4 calls"), "{opened}");
+    let hits = upstream.hits();
+    let r = w1.send(&Request::get("/")).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(upstream.hits(), hits);
 }

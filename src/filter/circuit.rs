@@ -2,11 +2,13 @@
 //! compare-and-swap, so that every worker sees one circuit (SPEC §1, "Where it runs").
 //!
 //! Each worker keeps a [`Snapshot`] of the last state it read: a healthy (quiet) closed circuit
-//! is then decided with two counter reads per request and per response instead of shared-data
+//! is then decided with one gauge read (the epoch) per request and per response instead of shared-data
 //! reads, and an open circuit rejects without any read until its time is up (see
 //! `breaker::snapshot` for why that is exact). Otherwise a request reads the shared value once
 //! and swaps only when its decision changed the state (the open → half-open move, taking a probe
 //! slot); a response reads it and swaps when the outcome changed the window.
+
+use std::cell::Cell;
 
 use super::{increment, Host, HostError, MetricId, MetricKind};
 use crate::breaker::{Admission, Phase, Snapshot, State, Transition};
@@ -22,6 +24,13 @@ pub struct CircuitMetrics {
     pub rejected: Option<MetricId>,
     pub failures: Option<MetricId>,
     pub slow: Option<MetricId>,
+    /// `meshguard_circuit_epoch{rule}`: moved after every swap that records a failure or slow
+    /// call; the workers' copies of the circuit are valid while it stands still.
+    pub epoch: Option<MetricId>,
+    /// The epoch gauge really counts: Envoy hands out a stat that ignores writes and reads 0
+    /// when its stats matcher rejects the name (Istio without `proxyStatsMatcher` for
+    /// meshguard), and a frozen epoch would make stale copies look current.
+    pub epoch_live: Cell<bool>,
 }
 
 impl CircuitMetrics {
@@ -38,17 +47,43 @@ impl CircuitMetrics {
             )
         });
         let state = define(MetricKind::Gauge, &metrics::name(metrics::CIRCUIT_STATE, &r));
-        CircuitMetrics { state, transitions, rejected, failures, slow }
+        let epoch = define(MetricKind::Gauge, &metrics::name(metrics::CIRCUIT_EPOCH, &r));
+        CircuitMetrics { state, transitions, rejected, failures, slow, epoch, epoch_live: Cell::new(false) }
     }
 
     fn transition(&self, to: Phase) -> Option<MetricId> {
         self.transitions.get(to as usize).copied().flatten()
     }
 
-    /// The rule's epoch: failure and slow outcomes recorded so far, process-wide (Envoy's
-    /// counters are shared by all workers). Incremented after the swap that recorded them.
+    /// The rule's epoch, process-wide (Envoy's stats are shared by all workers); `None` when it
+    /// cannot be trusted, and then no worker answers a closed circuit from its copy.
     pub fn epoch(&self, host: &mut impl Host) -> Option<u64> {
-        Some(host.metric(self.failures?)?.wrapping_add(host.metric(self.slow?)?))
+        if !self.epoch_live.get() {
+            return None;
+        }
+        host.metric(self.epoch?)
+    }
+
+    /// Moves the epoch after a swap that recorded a failure or a slow call.
+    pub fn bump_epoch(&self, host: &mut impl Host) {
+        increment(host, self.epoch);
+    }
+
+    /// Checks, once per configuration and worker, that the epoch gauge counts: up by one and
+    /// back. Another worker's bump in between makes the check fail, which only costs this
+    /// worker its shortcut; so it is tried a few times.
+    pub fn check_epoch(&self, host: &mut impl Host) {
+        let Some(id) = self.epoch else {
+            return;
+        };
+        let live = (0..3).any(|_| {
+            let before = host.metric(id);
+            host.increment(id, 1);
+            let after = host.metric(id);
+            host.increment(id, -1);
+            matches!((before, after), (Some(b), Some(a)) if a == b.wrapping_add(1))
+        });
+        self.epoch_live.set(live);
     }
 }
 

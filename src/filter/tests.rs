@@ -25,6 +25,8 @@ struct FakeHost {
     shared_sets: usize,
     shared_gets: usize,
     metric_reads: usize,
+    /// Stats rejected by Envoy's stats matcher: writes are ignored and every value reads 0.
+    null_stats: bool,
     /// The next this many swaps fail as if another worker had written first.
     cas_conflicts: usize,
     local_replies: Vec<LocalReply>,
@@ -88,10 +90,14 @@ impl Host for FakeHost {
         Ok(())
     }
     fn increment(&mut self, metric: MetricId, by: i64) {
-        *self.counters.entry(metric).or_default() += by;
+        if !self.null_stats {
+            *self.counters.entry(metric).or_default() += by;
+        }
     }
     fn set_gauge(&mut self, metric: MetricId, value: u64) {
-        self.counters.insert(metric, value as i64);
+        if !self.null_stats {
+            self.counters.insert(metric, value as i64);
+        }
     }
     fn metric(&mut self, metric: MetricId) -> Option<u64> {
         self.metric_reads += 1;
@@ -732,4 +738,22 @@ fn probes_in_half_open_always_read_the_shared_value() {
     assert_eq!(stream_b.on_request_headers(&b, &mut host, &mut TestEntropy(2)), Verdict::Continue);
     let mut third = Stream::default();
     assert_eq!(third.on_request_headers(&a, &mut host, &mut TestEntropy(3)), Verdict::Stop);
+}
+
+#[test]
+fn with_stats_rejected_by_envoy_the_copy_never_answers_a_closed_circuit() {
+    // Envoy's stats matcher can reject meshguard's stats (Istio without proxyStatsMatcher):
+    // the epoch then reads 0 forever and could not reveal another worker's failures.
+    let json = r#"{"circuit_breaker": {"window": {"type": "count", "size": 4}, "consecutive_failures": 1}}"#;
+    let mut host = FakeHost { null_stats: true, ..FakeHost::with_request(&[]) };
+    let a = breaker_plugin(json, &mut host);
+    let b = breaker_plugin(json, &mut host);
+    for _ in 0..6 {
+        call(&a, &mut host, "200", 0);
+    }
+    let gets = host.shared_gets;
+    call(&a, &mut host, "200", 0);
+    assert!(host.shared_gets > gets, "a quiet circuit is read from shared data when the epoch is dead");
+    call(&b, &mut host, "500", 0);
+    assert_eq!(call(&a, &mut host, "200", 0), Verdict::Stop, "a sees the circuit b opened");
 }
