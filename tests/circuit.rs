@@ -235,27 +235,33 @@ fn one_connection_per_worker(envoy: &Envoy) -> [Conn; 2] {
     panic!("64 connections never reached both workers");
 }
 
-#[test]
-fn a_circuit_opened_on_one_worker_rejects_on_the_other_whose_copy_was_quiet() {
-    let upstream = Upstream::start();
-    let config = r#"{"circuit_breaker": {"window": {"type": "count", "size": 4}, "minimum_calls": 4,
-                     "failure_rate_threshold": 50, "open_duration": "30s"}}"#;
-    let envoy = Envoy::start(config, upstream.port);
-    let [mut w0, mut w1] = one_connection_per_worker(&envoy);
-    // Both workers see a full window of successes: each keeps a quiet copy and stops reading
-    // shared data for the closed circuit.
+/// Count window of 4, opens at 2 failures of 4.
+const QUIET_THEN_OPEN: &str = r#"{"circuit_breaker": {"window": {"type": "count", "size": 4}, "minimum_calls": 4,
+                                  "failure_rate_threshold": 50, "open_duration": "30s"}}"#;
+
+/// Both workers see a full window of successes (each keeps a quiet copy and stops reading shared
+/// data for the closed circuit); then worker 0 records two failures, which open the circuit.
+/// Returns worker 1's connection.
+fn quiet_on_both_workers_then_open_on_worker_0(envoy: &Envoy) -> Conn {
+    let [mut w0, mut w1] = one_connection_per_worker(envoy);
     for _ in 0..6 {
         assert_eq!(w0.send(&Request::get("/")).unwrap().status, 200);
         assert_eq!(w1.send(&Request::get("/")).unwrap().status, 200);
     }
-    // Worker 0 records two failures: 2 of 4, the circuit opens.
     for _ in 0..2 {
         assert_eq!(w0.send(&Request::get("/?status=500")).unwrap().status, 500);
     }
+    w1
+}
+
+#[test]
+fn a_circuit_opened_on_one_worker_rejects_on_the_other_whose_copy_was_quiet() {
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(QUIET_THEN_OPEN, upstream.port);
+    let mut w1 = quiet_on_both_workers_then_open_on_worker_0(&envoy);
     envoy.wait_metric(r#"meshguard_circuit_transitions_total{rule="default",to="open"}"#, 1.0);
     let hits = upstream.hits();
-    // Worker 1's copy is stale: the failure counters (the epoch) moved, so it reads the shared
-    // value and rejects.
+    // Worker 1's copy is stale: the epoch moved, so it reads the shared value and rejects.
     let r = w1.send(&Request::get("/")).unwrap();
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.header("x-meshguard-circuit").as_deref(), Some("open"));
@@ -267,23 +273,14 @@ fn with_meshguard_stats_rejected_by_envoy_a_circuit_still_opens_for_every_worker
     // Istio without `proxyStatsMatcher` for meshguard: Envoy's stats matcher rejects its stats,
     // which then ignore writes and read 0. The breaker must not rely on them.
     let upstream = Upstream::start();
-    let config = r#"{"circuit_breaker": {"window": {"type": "count", "size": 4}, "minimum_calls": 4,
-                     "failure_rate_threshold": 50, "open_duration": "30s"}}"#;
-    let bootstrap = render_bootstrap(&Options::new(config, upstream.port), 0, 0).replacen(
+    let bootstrap = render_bootstrap(&Options::new(QUIET_THEN_OPEN, upstream.port), 0, 0).replacen(
         "stats_config:\n",
         "stats_config:\n  stats_matcher:\n    exclusion_list:\n      patterns: [{ safe_regex: { regex: \".*meshguard_.*\" } }]\n",
         1,
     );
     let envoy = Envoy::try_start_bootstrap(&bootstrap, 2, &[]).unwrap();
     assert_eq!(envoy.metric(r#"meshguard_requests_total{rule="default"}"#), None, "stats are rejected");
-    let [mut w0, mut w1] = one_connection_per_worker(&envoy);
-    for _ in 0..6 {
-        assert_eq!(w0.send(&Request::get("/")).unwrap().status, 200);
-        assert_eq!(w1.send(&Request::get("/")).unwrap().status, 200);
-    }
-    for _ in 0..2 {
-        assert_eq!(w0.send(&Request::get("/?status=500")).unwrap().status, 500);
-    }
+    let mut w1 = quiet_on_both_workers_then_open_on_worker_0(&envoy);
     let opened = envoy.wait_for("the transition line", 10, |e| {
         e.meshguard_lines().into_iter().find(|l| l.contains("circuit default closed -> open"))
     });
