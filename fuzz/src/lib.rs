@@ -240,22 +240,7 @@ pub fn json_config(b: &mut Bytes) -> serde_json::Value {
         if b.u8().is_multiple_of(6) {
             return json!("disabled");
         }
-        let keys = [
-            "failure_rate_threshold",
-            "slow_call_rate_threshold",
-            "slow_call_duration",
-            "window",
-            "minimum_calls",
-            "consecutive_failures",
-            "open_duration",
-            "max_open_duration",
-            "open_duration_multiplier",
-            "half_open_calls",
-            "failure_status",
-            "mode",
-            "open_status",
-        ];
-        object(b, &keys, &|b, key| match key {
+        object(b, meshguard::config::BREAKER_KEYS, &|b, key| match key {
             "failure_rate_threshold" | "slow_call_rate_threshold" => percent(b),
             "slow_call_duration" | "open_duration" | "max_open_duration" => duration(b),
             "window" => object(b, &["type", "size"], &|b, key| match key {
@@ -276,19 +261,7 @@ pub fn json_config(b: &mut Bytes) -> serde_json::Value {
         if b.u8().is_multiple_of(6) {
             return json!("disabled");
         }
-        let keys = [
-            "headers",
-            "methods",
-            "ttl",
-            "in_flight_ttl",
-            "on_missing",
-            "duplicate_status",
-            "success_status",
-            "fingerprint",
-            "scope",
-            "max_entries",
-        ];
-        object(b, &keys, &|b, key| match key {
+        object(b, meshguard::config::DEDUP_KEYS, &|b, key| match key {
             "headers" => header_list(b),
             "methods" => json!(["POST", "PUT"]),
             "ttl" | "in_flight_ttl" => duration(b),

@@ -481,23 +481,25 @@ fn section<T: Clone + Default>(
     }
 }
 
+/// The keys of a `circuit_breaker` section (also the fuzz generator's vocabulary).
+pub const BREAKER_KEYS: &[&str] = &[
+    "failure_rate_threshold",
+    "slow_call_rate_threshold",
+    "slow_call_duration",
+    "window",
+    "minimum_calls",
+    "consecutive_failures",
+    "open_duration",
+    "max_open_duration",
+    "open_duration_multiplier",
+    "half_open_calls",
+    "failure_status",
+    "mode",
+    "open_status",
+];
+
 fn parse_breaker(mut b: Breaker, mut f: Fields) -> Option<Breaker> {
-    const KEYS: &[&str] = &[
-        "failure_rate_threshold",
-        "slow_call_rate_threshold",
-        "slow_call_duration",
-        "window",
-        "minimum_calls",
-        "consecutive_failures",
-        "open_duration",
-        "max_open_duration",
-        "open_duration_multiplier",
-        "half_open_calls",
-        "failure_status",
-        "mode",
-        "open_status",
-    ];
-    report_unknown(&mut f, KEYS);
+    report_unknown(&mut f, BREAKER_KEYS);
     let mut disabled = false;
     if let Some(v) = f.number("failure_rate_threshold", 0.0, 100.0) {
         b.failure_rate_threshold = v;
@@ -598,20 +600,22 @@ fn parse_window(value: &Value, path: &str, errors: &mut Errors) -> Option<Window
     }
 }
 
+/// The keys of a `dedup` section (also the fuzz generator's vocabulary).
+pub const DEDUP_KEYS: &[&str] = &[
+    "headers",
+    "methods",
+    "ttl",
+    "in_flight_ttl",
+    "on_missing",
+    "duplicate_status",
+    "success_status",
+    "fingerprint",
+    "scope",
+    "max_entries",
+];
+
 fn parse_dedup(mut d: Dedup, mut f: Fields) -> Option<Dedup> {
-    const KEYS: &[&str] = &[
-        "headers",
-        "methods",
-        "ttl",
-        "in_flight_ttl",
-        "on_missing",
-        "duplicate_status",
-        "success_status",
-        "fingerprint",
-        "scope",
-        "max_entries",
-    ];
-    report_unknown(&mut f, KEYS);
+    report_unknown(&mut f, DEDUP_KEYS);
     if let Some(headers) = f.str_list("headers", true, header_name_problem) {
         d.headers = headers.iter().map(|h| h.to_ascii_lowercase()).collect();
     }
