@@ -71,8 +71,6 @@ pub enum Verdict {
     Continue,
     /// A local reply was sent: stop the filter chain.
     Stop,
-    /// Hold the body until more of it is there (dedup `fingerprint: "body"`).
-    Wait,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -271,6 +269,12 @@ struct Pending {
     nonce: u32,
     method: Vec<u8>,
     path: Vec<u8>,
+    /// The body's first bytes seen so far (at most 64 KiB).
+    body: Vec<u8>,
+    /// All the body bytes seen so far, and the request's `content-length`, if any: the body is
+    /// complete (and the key decided) on the chunk that reaches it, before it is forwarded.
+    seen: u64,
+    content_length: Option<u64>,
 }
 
 /// A dedup local reply: status, `x-meshguard-dedup` value, extra headers, JSON body (none for 204/304).
@@ -357,14 +361,19 @@ impl Stream {
         self.set_states(plugin, host, &id, &decision, trace_id.as_deref());
         self.correlation_id = Some(id);
         // With a pending body fingerprint the headers go on (proxy-wasm cannot hold them and still
-        // see the body); the body is held in `on_request_body` until the key is decided.
+        // see the body); `on_request_body` decides the key.
         Verdict::Continue
     }
 
-    /// The request body, while the dedup check waits for it: held (buffered by Envoy) until it is
-    /// complete or 64 KiB of it are there, then the key is decided. The request headers have gone
-    /// upstream already; a duplicate's body never does, and the local reply resets the upstream
-    /// request.
+    /// A chunk of the request body, while the dedup check waits for it. `size` is the chunk (the
+    /// body is streamed, not buffered by Envoy): its bytes are copied until the body is complete
+    /// (end of stream, or `content-length` bytes) or 64 KiB of it are seen, then the key is
+    /// decided. Each chunk before that goes on upstream: holding them (`Pause`, Envoy's
+    /// StopIterationAndBuffer) gets a request refused with 413 whenever a burst of body pushes
+    /// Envoy's buffer past its limit (1 MiB by default, 32 KiB on edge proxies), and proxy-wasm's
+    /// SDK has no watermark variant. The request headers have gone upstream already too; a
+    /// duplicate is answered locally, the chunk that decided it is never forwarded and the local
+    /// reply resets the upstream request, so the service never gets it complete.
     pub fn on_request_body(
         &mut self,
         plugin: &Plugin,
@@ -372,15 +381,27 @@ impl Stream {
         size: usize,
         end_of_stream: bool,
     ) -> Verdict {
-        let Some(pending) = self.pending.clone() else {
+        let Some(pending) = self.pending.as_mut() else {
             return Verdict::Continue;
         };
-        if !end_of_stream && size < dd::MAX_BODY_FINGERPRINT {
-            return Verdict::Wait;
+        let wanted = size.min(dd::MAX_BODY_FINGERPRINT - pending.body.len());
+        if wanted > 0 {
+            if let Some(chunk) = host.request_body(wanted) {
+                pending.body.extend(chunk.into_iter().take(wanted));
+            }
         }
-        self.pending = None;
-        let body = host.request_body(size.min(dd::MAX_BODY_FINGERPRINT)).unwrap_or_default();
-        let fingerprint = dd::fingerprint(&pending.method, &pending.path, Some(&body));
+        pending.seen = pending.seen.saturating_add(size as u64);
+        // Forwarding the chunk that completes a content-length body would hand the upstream a
+        // complete request: the key is decided on it. Otherwise the request is complete for the
+        // upstream only with the end of stream, which is never forwarded before the decision.
+        let complete = end_of_stream || pending.content_length.is_some_and(|length| pending.seen >= length);
+        if !complete && pending.body.len() < dd::MAX_BODY_FINGERPRINT {
+            return Verdict::Continue;
+        }
+        let Some(pending) = self.pending.take() else {
+            return Verdict::Continue;
+        };
+        let fingerprint = dd::fingerprint(&pending.method, &pending.path, Some(&pending.body));
         let id = self.correlation_id.clone().unwrap_or_default();
         match self.dedup_check(plugin, host, pending.id, pending.nonce, fingerprint, &id) {
             Some(reply) => {
@@ -471,10 +492,17 @@ impl Stream {
         let fingerprint = match cfg.fingerprint {
             Fingerprint::None => 0,
             Fingerprint::MethodPath => dd::fingerprint(method, path, None),
-            Fingerprint::Body if end_of_stream => dd::fingerprint(method, path, Some(&[])),
             Fingerprint::Body => {
-                self.pending = Some(Pending { id: key_id, nonce, method: method.to_vec(), path: path.to_vec() });
-                return None;
+                let content_length =
+                    headers.get("content-length").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+                if end_of_stream || content_length == Some(0) {
+                    dd::fingerprint(method, path, Some(&[]))
+                } else {
+                    let (method, path) = (method.to_vec(), path.to_vec());
+                    let body = Vec::new();
+                    self.pending = Some(Pending { id: key_id, nonce, method, path, body, seen: 0, content_length });
+                    return None;
+                }
             }
         };
         self.dedup_check(plugin, host, key_id, nonce, fingerprint, id)
@@ -800,6 +828,9 @@ impl Stream {
     }
 
     pub fn on_response_headers(&mut self, plugin: &Plugin, host: &mut impl Host) {
+        // The upstream answered before the body decided the key (or Envoy did, e.g. a timeout):
+        // the request was never checked, and no reply of ours can follow this one.
+        self.pending = None;
         if (self.admitted.is_some() || self.held.is_some()) && !self.local_reply {
             let status = host.response_header(":status").and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
             // A response without a readable status is Envoy's own doing: count it like a reset.

@@ -434,3 +434,47 @@ fn huge_and_broken_bodies_with_body_fingerprints_never_crash_and_release_their_k
     assert!(lines >= 8, "{lines} JSON lines");
     assert_no_crash_or_reload(&envoy);
 }
+
+/// A body whose first bytes come alone and whose rest arrives in one burst bigger than Envoy's
+/// buffer limit (1 MiB), as happens when a worker stalls while the client keeps writing: the key is
+/// decided on the first 64 KiB and the request is forwarded whole, never refused with 413.
+#[test]
+fn a_body_burst_larger_than_the_buffer_limit_after_a_small_first_chunk_is_forwarded() {
+    use std::io::{Read, Write};
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(BODY_FINGERPRINT, upstream.port);
+    for (i, (first, rest)) in
+        [(1usize << 10, 3usize << 20), (20 << 10, 2 << 20), (63 << 10, 1 << 20)].into_iter().enumerate()
+    {
+        let key = format!("burst-{i}");
+        let total = first + rest;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+        let head = format!("POST /burst HTTP/1.1\r\nhost: localhost\r\nx-event-id: {key}\r\ncontent-length: {total}\r\nconnection: close\r\n\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&vec![b'a'; first]).unwrap();
+        s.flush().unwrap();
+        // The headers and the first bytes are in Envoy (the upstream saw the headers) before the
+        // rest is written in one go.
+        envoy.wait_for("the first chunk held", 10, |e| {
+            (e.metric(r#"meshguard_dedup_total{rule="default",outcome="first"}"#).unwrap_or(0.0) >= i as f64
+                && e.metric(r#"envoy_http_downstream_rq_active{envoy_http_conn_manager_prefix="ingress"}"#)
+                    .unwrap_or(0.0)
+                    >= 1.0)
+                .then_some(())
+        });
+        // Written from another thread: an early answer (the bug was a 413) must still be read.
+        let mut writer = s.try_clone().unwrap();
+        let wrote = std::thread::spawn(move || writer.write_all(&vec![b'b'; rest]).is_ok());
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        assert!(wrote.join().unwrap(), "{key}: the body was not accepted whole");
+        let status = String::from_utf8_lossy(&answer[..answer.len().min(12)]).to_string();
+        assert!(
+            status.starts_with("HTTP/1.1 200"),
+            "{key}: {}",
+            String::from_utf8_lossy(&answer[..answer.len().min(400)])
+        );
+        assert_eq!(upstream.last().unwrap().body.len(), total, "{key}");
+    }
+    assert_no_crash_or_reload(&envoy);
+}

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::io::{BufRead, Write};
 use std::sync::Arc;
 use std::thread;
 
@@ -158,6 +159,37 @@ fn fingerprints_refuse_a_reused_key_with_another_request() {
     let r = send(envoy.port, &Request::post("/pay").header("x-event-id", "b-2").body(big.clone())).unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(upstream.last().unwrap().body.len(), big.len());
+    // The same for bodies that arrive in pieces, chunked or with a content-length: the first
+    // pieces go on, the piece that completes the body decides, and a duplicate's never does.
+    let body = format!("{{\"amount\":10,\"note\":\"{}\"}}", "n".repeat(4000));
+    let (first, rest) = body.as_bytes().split_at(3000);
+    let whole = Request::post("/pay").header("x-event-id", "b-3").body(body.as_bytes().to_vec());
+    assert_eq!(send(envoy.port, &whole).unwrap().status, 200);
+    let hits = upstream.hits();
+    let sent = |e: &Envoy| e.metric(r#"envoy_cluster_upstream_cx_tx_bytes_total{envoy_cluster_name="demo_upstream"}"#);
+    for chunked in [true, false] {
+        let (framing, pieces) = if chunked {
+            let piece = |p: &[u8], last: &[u8]| [format!("{:x}\r\n", p.len()).as_bytes(), p, b"\r\n", last].concat();
+            ("transfer-encoding: chunked".to_string(), [piece(first, b""), piece(rest, b"0\r\n\r\n")])
+        } else {
+            (format!("content-length: {}", body.len()), [first.to_vec(), rest.to_vec()])
+        };
+        let before = sent(&envoy).unwrap_or(0.0);
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+        let head = format!("POST /pay HTTP/1.1\r\nhost: localhost\r\nx-event-id: b-3\r\n{framing}\r\n\r\n");
+        s.write_all(&[head.as_bytes(), &pieces[0]].concat()).unwrap();
+        // The first piece went upstream (more bytes than the headers alone) before the rest.
+        envoy.wait_for("the first piece upstream", 10, |e| (sent(e)? >= before + 3000.0).then_some(()));
+        s.write_all(&pieces[1]).unwrap();
+        let mut answer = String::new();
+        let mut reader = std::io::BufReader::new(s);
+        while reader.read_line(&mut answer).unwrap() > 2 {}
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.contains("x-meshguard-dedup: duplicate"),
+            "{framing}: {answer}"
+        );
+    }
+    assert_eq!(upstream.hits(), hits, "a duplicate reached the service whole");
 }
 
 #[test]

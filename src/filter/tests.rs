@@ -757,3 +757,135 @@ fn with_stats_rejected_by_envoy_the_copy_never_answers_a_closed_circuit() {
     call(&b, &mut host, "500", 0);
     assert_eq!(call(&a, &mut host, "200", 0), Verdict::Stop, "a sees the circuit b opened");
 }
+
+/// One delivery of a POST with a body fingerprint, the body arriving in `chunks` (each
+/// `on_request_body` sees its own chunk, as Envoy streams it); the verdict of every callback.
+fn deliver(plugin: &Plugin, host: &mut FakeHost, key: &[u8], chunks: &[&[u8]]) -> (Vec<Verdict>, Stream) {
+    host.request = vec![(":method".into(), b"POST".to_vec()), (":path".into(), b"/e".to_vec())];
+    host.request.push(("x-event-id".into(), key.to_vec()));
+    host.response.clear();
+    host.local_replies.clear();
+    let mut stream = Stream::default();
+    let mut verdicts =
+        vec![stream.on_request_headers_eos(plugin, host, &mut TestEntropy(host.clock | 1), chunks.is_empty())];
+    for (i, chunk) in chunks.iter().enumerate() {
+        host.body = chunk.to_vec();
+        let verdict = stream.on_request_body(plugin, host, chunk.len(), i + 1 == chunks.len());
+        verdicts.push(verdict);
+        if verdict == Verdict::Stop {
+            break;
+        }
+    }
+    host.clock += 1;
+    if verdicts.last() != Some(&Verdict::Stop) {
+        host.response.push((":status".into(), b"200".to_vec()));
+        stream.on_response_headers(plugin, host);
+    }
+    stream.on_log(plugin, host);
+    (verdicts, stream)
+}
+
+fn body_plugin(host: &mut FakeHost) -> Plugin {
+    host.clock = 1_700_000_000 * SECOND;
+    let p = plugin(r#"{"dedup": {"fingerprint": "body"}}"#, host);
+    p.init_shared(host).unwrap();
+    p
+}
+
+#[test]
+fn body_chunks_stream_on_until_the_key_is_decided_and_never_wait_in_envoy() {
+    let mut host = FakeHost::default();
+    let plugin = body_plugin(&mut host);
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    // 100 kB in 30 kB chunks: the first two go on, the third passes 64 KiB and decides.
+    let chunks: Vec<&[u8]> = body.chunks(30_000).collect();
+    let (verdicts, _) = deliver(&plugin, &mut host, b"e-1", &chunks);
+    assert_eq!(verdicts, vec![Verdict::Continue; 5]);
+    assert_eq!(host.state_str(state::DEDUP).as_deref(), Some("first"));
+    // The same body cut elsewhere is the same event: a duplicate, answered on the chunk that decides.
+    let chunks: Vec<&[u8]> = body.chunks(7_000).collect();
+    let (verdicts, _) = deliver(&plugin, &mut host, b"e-1", &chunks);
+    assert_eq!(verdicts.len(), 1 + 10, "decided on the chunk that reaches 64 KiB");
+    assert_eq!(verdicts.last(), Some(&Verdict::Stop));
+    assert!(verdicts[..10].iter().all(|v| *v == Verdict::Continue));
+    assert_eq!(host.local_replies[0].0, 200);
+    // Bytes past 64 KiB do not count; a change before them does.
+    let mut other = body.clone();
+    other[90_000] ^= 1;
+    let (verdicts, _) = deliver(&plugin, &mut host, b"e-1", &[&other]);
+    assert_eq!((verdicts[1], host.local_replies[0].0), (Verdict::Stop, 200));
+    other[1_000] ^= 1;
+    let (verdicts, _) = deliver(&plugin, &mut host, b"e-1", &[&other]);
+    assert_eq!((verdicts[1], host.local_replies[0].0), (Verdict::Stop, 422));
+}
+
+#[test]
+fn a_short_body_in_several_chunks_is_decided_at_its_end() {
+    let mut host = FakeHost::default();
+    let plugin = body_plugin(&mut host);
+    let (verdicts, _) = deliver(&plugin, &mut host, b"e-2", &[b"{\"a\":", b"1", b"}"]);
+    assert_eq!(verdicts, vec![Verdict::Continue; 4]);
+    let (verdicts, _) = deliver(&plugin, &mut host, b"e-2", &[b"{\"a\":1}"]);
+    assert_eq!((verdicts[1], host.local_replies[0].0), (Verdict::Stop, 200));
+    let (verdicts, _) = deliver(&plugin, &mut host, b"e-2", &[b"{\"a\":", b"2}"]);
+    assert_eq!((verdicts.len(), verdicts[2], host.local_replies[0].0), (3, Verdict::Stop, 422));
+}
+
+#[test]
+fn an_answer_before_the_body_decides_leaves_the_key_unclaimed() {
+    let mut host = FakeHost::default();
+    let plugin = body_plugin(&mut host);
+    host.request = vec![(":method".into(), b"POST".to_vec()), (":path".into(), b"/e".to_vec())];
+    host.request.push(("x-event-id".into(), b"e-3".to_vec()));
+    let mut stream = Stream::default();
+    stream.on_request_headers_eos(&plugin, &mut host, &mut TestEntropy(3), false);
+    host.body = vec![1; 100];
+    assert_eq!(stream.on_request_body(&plugin, &mut host, 100, false), Verdict::Continue);
+    // The upstream (or Envoy) answers first; the rest of the body only passes.
+    host.response.push((":status".into(), b"401".to_vec()));
+    stream.on_response_headers(&plugin, &mut host);
+    host.body = vec![2; 70_000];
+    assert_eq!(stream.on_request_body(&plugin, &mut host, 70_000, true), Verdict::Continue);
+    stream.on_log(&plugin, &mut host);
+    assert!(host.local_replies.is_empty());
+    // Nothing was claimed: the next delivery is the first.
+    let (verdicts, _) = deliver(&plugin, &mut host, b"e-3", &[&[1; 100]]);
+    assert_eq!(verdicts, vec![Verdict::Continue; 2]);
+    assert_eq!(host.state_str(state::DEDUP).as_deref(), Some("first"));
+}
+
+#[test]
+fn a_content_length_body_is_decided_on_the_chunk_that_completes_it() {
+    let mut host = FakeHost::default();
+    let plugin = body_plugin(&mut host);
+    // Envoy's HTTP/1 codec hands over the body, then an empty chunk with the end of stream:
+    // forwarding the last byte of a content-length body would complete the request upstream.
+    let send = |host: &mut FakeHost, body: &[&[u8]], length: &str| {
+        host.request = vec![(":method".into(), b"POST".to_vec()), (":path".into(), b"/e".to_vec())];
+        host.request.push(("x-event-id".into(), b"e-4".to_vec()));
+        host.request.push(("content-length".into(), length.as_bytes().to_vec()));
+        host.local_replies.clear();
+        let mut stream = Stream::default();
+        let mut verdicts = vec![stream.on_request_headers_eos(&plugin, host, &mut TestEntropy(5), false)];
+        for chunk in body.iter().chain([&&b""[..]]) {
+            host.body = chunk.to_vec();
+            verdicts.push(stream.on_request_body(&plugin, host, chunk.len(), chunk.is_empty()));
+            if verdicts.last() == Some(&Verdict::Stop) {
+                break;
+            }
+        }
+        host.response = vec![(":status".into(), b"200".to_vec())];
+        stream.on_response_headers(&plugin, host);
+        stream.on_log(&plugin, host);
+        verdicts
+    };
+    assert_eq!(send(&mut host, &[b"{\"a\":", b"1}"], "7"), vec![Verdict::Continue; 4]);
+    assert_eq!(send(&mut host, &[b"{\"a\":", b"1}"], "7"), vec![Verdict::Continue, Verdict::Continue, Verdict::Stop]);
+    assert_eq!(host.local_replies[0].0, 200);
+    assert_eq!(send(&mut host, &[b"{\"a\":1}"], "7"), vec![Verdict::Continue, Verdict::Stop]);
+    assert_eq!(send(&mut host, &[b"{\"a\":2}"], "7"), vec![Verdict::Continue, Verdict::Stop]);
+    assert_eq!(host.local_replies[0].0, 422);
+    // `content-length: 0` is an empty body, decided with the headers.
+    let verdicts = send(&mut host, &[], "0");
+    assert_eq!((verdicts[0], host.local_replies[0].0), (Verdict::Stop, 422));
+}

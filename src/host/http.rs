@@ -31,8 +31,8 @@ impl Context for HttpStream {}
 fn action(verdict: Verdict) -> Action {
     match verdict {
         Verdict::Continue => Action::Continue,
-        // A local reply was sent, or the body is being buffered: Envoy holds the request.
-        Verdict::Stop | Verdict::Wait => Action::Pause,
+        // A local reply was sent: the rest of the request goes nowhere.
+        Verdict::Stop => Action::Pause,
     }
 }
 
@@ -49,8 +49,8 @@ impl HttpContext for HttpStream {
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        // Trailers end the body: a pending fingerprint is decided on what was buffered.
-        action(self.stream.on_request_body(&self.plugin, &mut WasmHost, crate::dedup::MAX_BODY_FINGERPRINT, true))
+        // Trailers end the body: a pending fingerprint is decided on the bytes seen.
+        action(self.stream.on_request_body(&self.plugin, &mut WasmHost, 0, true))
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
