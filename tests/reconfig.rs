@@ -463,3 +463,75 @@ fn circuit_state_gauge_follows_the_circuit_of_the_new_configuration() {
     assert_eq!(get(&envoy, "/r/ok").status, 200, "B's circuit is closed");
     envoy.wait_metric(r#"meshguard_circuit_state{rule="r"}"#, 0.0);
 }
+
+// ---- (4) a new build of the module ----------------------------------------------------------
+
+/// `wasm` with a custom section appended: the same filter, other code bytes (so Envoy sees a new
+/// module), as a new release that changes nothing meshguard keeps in shared data would be.
+fn rebuilt(wasm: &[u8], build: &str) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    let name = b"meshguard-build";
+    let mut section = Vec::new();
+    leb128(name.len(), &mut section);
+    section.extend_from_slice(name);
+    section.extend_from_slice(build.as_bytes());
+    let mut out = wasm.to_vec();
+    out.push(0); // custom section
+    leb128(section.len(), &mut out);
+    out.extend_from_slice(&section);
+    out
+}
+
+/// A new build of meshguard loaded into the running Envoy (what changing a WasmPlugin's `url`
+/// does) runs in new VMs; circuits and the dedup store live in shared data, which belongs to the
+/// process and the `vm_id`, and their keys are hashed the same way by every build, so the new
+/// code finds what the old one wrote.
+#[test]
+fn a_new_build_of_the_module_finds_the_circuits_and_events_of_the_old_one() {
+    let upstream = Upstream::start();
+    let both = |tag: &str| {
+        config(
+            tag,
+            r#", "routes": [
+                {"name": "r", "match": {"prefix": "/r"}, "circuit_breaker": {"window": {"type": "count", "size": 10},
+                 "minimum_calls": 4, "failure_rate_threshold": 50, "open_duration": "30s"}},
+                {"name": "events", "match": {"prefix": "/e"}, "dedup": {"max_entries": 64}}]"#,
+        )
+    };
+    let mut envoy = DynamicEnvoy::start(Delivery::Ecds, &both("a"), upstream.port, &[]);
+    assert_eq!(post_event(&envoy, "k1"), (200, None, Some("a".into())));
+    assert_eq!(post_event(&envoy, "k1"), (200, Some("duplicate".into()), Some("a".into())));
+    for _ in 0..4 {
+        assert_eq!(get(&envoy, "/r?status=500").status, 500);
+    }
+    let r = get(&envoy, "/r/x");
+    assert_eq!((r.status, r.header("x-meshguard-circuit").as_deref()), (503, Some("open")));
+    let hits = upstream.hits();
+
+    let code = envoy.root().join("meshguard-next.wasm");
+    std::fs::write(&code, rebuilt(&std::fs::read(support::envoy::wasm_path()).unwrap(), "next")).unwrap();
+    let (created, _) = vms(&envoy);
+    envoy.set_code(&code);
+    assert_eq!(envoy.deliver(&both("b")), Update::Accepted);
+    wait_marker(&envoy, "b");
+    let (created_after, active) = vms(&envoy);
+    assert!(created_after >= created + 2, "new VMs for the new module: {created} → {created_after}");
+    assert!(active >= 2, "{active} active VMs");
+
+    let r = get(&envoy, "/r/x");
+    assert_eq!((r.status, r.header("x-meshguard-circuit").as_deref()), (503, Some("open")), "the open circuit");
+    assert_eq!(marker(&r).as_deref(), Some("b"));
+    assert_eq!(post_event(&envoy, "k1"), (200, Some("duplicate".into()), Some("b".into())));
+    assert_eq!(post_event(&envoy, "k2"), (200, None, Some("b".into())));
+    assert_eq!(upstream.hits(), hits + 1 + 1, "only k2 and the marker probe reached the service");
+    assert_no_crash(&envoy, 0);
+}

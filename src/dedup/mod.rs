@@ -9,7 +9,7 @@ pub mod store;
 #[cfg(test)]
 mod tests;
 
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 
 use crate::headers::HeaderMap;
 
@@ -137,26 +137,50 @@ fn sf_string(raw: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// SipHash-1-3 with fixed keys, fed length-prefixed fields: the same value on every platform and
+/// from every build. Ids and fingerprints live in shared data, which outlives a VM: a reload with a
+/// new build of meshguard (a rolling upgrade) must find the entries the old build wrote, so the
+/// hash cannot be `std`'s `DefaultHasher`, whose algorithm may change between Rust releases (and
+/// whose slice length prefix is 4 bytes on wasm32, 8 on the host).
+struct StableHasher(siphasher::sip::SipHasher13);
+
+impl StableHasher {
+    fn new(salt: u64) -> StableHasher {
+        StableHasher(siphasher::sip::SipHasher13::new_with_keys(salt, 0))
+    }
+
+    fn field(&mut self, bytes: &[u8]) -> &mut StableHasher {
+        self.0.write(&(bytes.len() as u64).to_le_bytes());
+        self.0.write(bytes);
+        self
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+}
+
 /// The 128-bit id of a key in the store: scoped by rule and, with `scope: "caller"`, by caller.
 pub fn key_id(rule: &str, caller: Option<&[u8]>, key: &[u8]) -> u128 {
-    let half = |salt: u8| {
-        let mut h = std::hash::DefaultHasher::new();
-        salt.hash(&mut h);
-        rule.hash(&mut h);
-        caller.hash(&mut h);
-        key.hash(&mut h);
-        h.finish()
+    let half = |salt: u64| {
+        let mut h = StableHasher::new(salt);
+        h.field(rule.as_bytes());
+        match caller {
+            // A caller is never confused with no caller: the marker is a field of its own.
+            Some(caller) => h.field(b"caller").field(caller),
+            None => h.field(b""),
+        };
+        h.field(key).finish()
     };
     u128::from(half(1)) << 64 | u128::from(half(2))
 }
 
-/// A request fingerprint (0 for `fingerprint: "none"`).
+/// A request fingerprint (0 for `fingerprint: "none"`, so never 0 here).
 pub fn fingerprint(method: &[u8], path: &[u8], body: Option<&[u8]>) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    method.hash(&mut h);
-    path.hash(&mut h);
+    let mut h = StableHasher::new(3);
+    h.field(method).field(path);
     if let Some(body) = body {
-        body.get(..MAX_BODY_FINGERPRINT).unwrap_or(body).hash(&mut h);
+        h.field(b"body").field(body.get(..MAX_BODY_FINGERPRINT).unwrap_or(body));
     }
     h.finish().max(1)
 }

@@ -168,3 +168,20 @@ fn bucket_keys_name_the_plugin_the_layout_and_the_bucket() {
         assert_eq!(keys.key(i), format!("meshguard/meshguard-inbound/dedup/12500x8/{i}"));
     }
 }
+
+#[test]
+fn ids_and_fingerprints_are_the_same_on_every_platform_and_build() {
+    // Shared data outlives a VM: a new build loaded into a running Envoy must find the entries
+    // the old one wrote. These values are part of the store's format; changing them is a
+    // breaking change of the store, not a refactoring.
+    assert_eq!(key_id("default", None, b"e-1"), 0x4d8019a800a8adc77f05e639b45b5934);
+    let caller = b"spiffe://cluster.local/ns/a/sa/b";
+    assert_eq!(key_id("default", Some(caller), b"e-1"), 0x65e0fd44cf88192fb7871479bf6469a7);
+    assert_eq!(fingerprint(b"POST", b"/e", None), 0x40f493c08bb70dff);
+    assert_eq!(fingerprint(b"POST", b"/e", Some(b"{\"a\":1}")), 0x8793b6dc9ffc5aab);
+    // No field runs into the next one.
+    assert_ne!(key_id("default", Some(b""), b"e-1"), key_id("default", None, b"e-1"));
+    assert_ne!(key_id("a", None, b"bc"), key_id("ab", None, b"c"));
+    assert_ne!(fingerprint(b"POST", b"/e", Some(b"")), fingerprint(b"POST", b"/e", None));
+    assert_ne!(fingerprint(b"POST", b"/ex", None), fingerprint(b"POST/", b"ex", None));
+}

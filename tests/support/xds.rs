@@ -15,7 +15,7 @@
 
 use std::fs;
 use std::ops::Deref;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -67,13 +67,23 @@ impl DynamicEnvoy {
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(root.join("watch")).expect("xds dir");
         fs::create_dir_all(root.join("stage")).expect("xds dir");
-        let files = Files { delivery, root, upstream_port };
+        let files = Files { delivery, root, upstream_port, wasm: wasm_path() };
         files.write(plugin_config, 1);
         let envoy = match Envoy::try_start_bootstrap(&files.bootstrap().to_string(), 2, args) {
             Ok(envoy) => envoy,
             Err(log) => panic!("Envoy did not start:\n{log}"),
         };
         DynamicEnvoy { envoy, delivery, files, version: 1 }
+    }
+
+    /// Later deliveries name the module `wasm` instead (a new build: Envoy creates new VMs).
+    pub fn set_code(&mut self, wasm: &Path) {
+        self.files.wasm = wasm.to_path_buf();
+    }
+
+    /// The directory of this Envoy's resource files (scratch space for a test).
+    pub fn root(&self) -> &Path {
+        &self.files.root
     }
 
     /// Writes the next version of the resource file and renames it over the watched one; returns
@@ -138,6 +148,8 @@ struct Files {
     delivery: Delivery,
     root: PathBuf,
     upstream_port: u16,
+    /// The module every later delivery names (the fresh build unless `set_code` changed it).
+    wasm: PathBuf,
 }
 
 impl Files {
@@ -151,7 +163,7 @@ impl Files {
     fn write(&self, plugin_config: &str, version: u32) {
         let resource = match self.delivery {
             Delivery::Lds => self.listener(Some(plugin_config)),
-            Delivery::Ecds => extension_config(plugin_config),
+            Delivery::Ecds => extension_config(plugin_config, &self.wasm),
         };
         let response = json!({ "version_info": format!("v{version}"), "resources": [resource] });
         let staged = self.root.join("stage").join(format!("v{version}.json"));
@@ -208,7 +220,7 @@ impl Files {
     /// `None`, replaced by the ECDS filter entry).
     fn listener(&self, plugin_config: Option<&str>) -> Value {
         let meshguard = match plugin_config {
-            Some(config) => json!({ "name": "meshguard", "typed_config": wasm_filter(config) }),
+            Some(config) => json!({ "name": "meshguard", "typed_config": wasm_filter(config, &self.wasm) }),
             None => Value::Null,
         };
         json!({
@@ -256,7 +268,7 @@ impl Files {
 }
 
 /// The wasm filter's configuration, as in `envoy/envoy.yaml`.
-fn wasm_filter(plugin_config: &str) -> Value {
+fn wasm_filter(plugin_config: &str, wasm: &Path) -> Value {
     json!({
         "@type": WASM_TYPE,
         "config": {
@@ -266,18 +278,18 @@ fn wasm_filter(plugin_config: &str) -> Value {
             "vm_config": {
                 "vm_id": "meshguard",
                 "runtime": "envoy.wasm.runtime.v8",
-                "code": { "local": { "filename": wasm_path() } }
+                "code": { "local": { "filename": wasm } }
             },
             "configuration": { "@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_config }
         }
     })
 }
 
-fn extension_config(plugin_config: &str) -> Value {
+fn extension_config(plugin_config: &str, wasm: &Path) -> Value {
     json!({
         "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
         "name": "meshguard",
-        "typed_config": wasm_filter(plugin_config)
+        "typed_config": wasm_filter(plugin_config, wasm)
     })
 }
 
