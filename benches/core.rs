@@ -277,6 +277,9 @@ impl Host for NullHost {
     fn request_body(&mut self, _: usize) -> Option<Vec<u8>> {
         None
     }
+    fn drop_request_body(&mut self, _: usize) -> Result<(), HostError> {
+        Ok(())
+    }
 }
 
 criterion_group!(core, benches);

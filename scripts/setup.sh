@@ -20,6 +20,12 @@ if ! command -v envoy >/dev/null 2>&1 || ! envoy --version 2>/dev/null | grep -q
   hash -r
 fi
 
+# curl with HTTP/2 (run.sh's readiness check; the HTTP/2 client of the dedup tests).
+if ! command -v curl >/dev/null 2>&1 || ! curl --version | grep -q HTTP2; then
+  echo "setup: installing curl (apt-get)"
+  apt-get update -qq && apt-get install -y -qq curl >/dev/null
+fi
+
 # wrk, the load generator of the benchmark and the soak run (Debian package); not needed by the
 # tests themselves, so only the scripts that drive load call this.
 ensure_wrk() {

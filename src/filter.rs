@@ -61,8 +61,11 @@ pub trait Host {
     fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, HostError>;
     /// Answers the request locally (the upstream is never called).
     fn send_local_reply(&mut self, status: u32, headers: &HeaderMap, body: &[u8]) -> Result<(), HostError>;
-    /// The first `max` bytes of the buffered request body.
+    /// The first `max` bytes of the request body chunk being delivered.
     fn request_body(&mut self, max: usize) -> Option<Vec<u8>>;
+    /// Empties the request body chunk being delivered (its first `size` bytes, all of it), so
+    /// that continuing forwards nothing.
+    fn drop_request_body(&mut self, size: usize) -> Result<(), HostError>;
 }
 
 /// What the shell does with the request after `on_request_headers`.
@@ -258,6 +261,10 @@ pub struct Stream {
     held: Option<(Held, u32)>,
     /// Waiting for the body to fingerprint: the key's id and the method and path.
     pending: Option<Pending>,
+    /// A dedup answer decided before the request body ended, sent when it has (the rest of the
+    /// body is dropped meanwhile): an answer in the middle of an upload makes Envoy reset the
+    /// stream after it, and HTTP/2 clients that see the RST_STREAM first lose the answer.
+    deferred: Option<DedupReply>,
     /// An internal error was counted and logged already for this stream.
     failed: bool,
 }
@@ -278,6 +285,7 @@ struct Pending {
 }
 
 /// A dedup local reply: status, `x-meshguard-dedup` value, extra headers, JSON body (none for 204/304).
+#[derive(Debug)]
 struct DedupReply {
     status: u32,
     marker: &'static str,
@@ -381,6 +389,9 @@ impl Stream {
         size: usize,
         end_of_stream: bool,
     ) -> Verdict {
+        if self.deferred.is_some() {
+            return self.drain_request_body(plugin, host, size, end_of_stream);
+        }
         let Some(pending) = self.pending.as_mut() else {
             return Verdict::Continue;
         };
@@ -407,8 +418,8 @@ impl Stream {
             Some(reply) => {
                 let r = host.set_filter_state(state::DEDUP, self.dedup.map_or("none", dd::Outcome::as_str).as_bytes());
                 self.check(plugin, host, r, &id);
-                self.dedup_reply(plugin, host, &id, reply);
-                Verdict::Stop
+                self.deferred = Some(reply);
+                self.drain_request_body(plugin, host, size, end_of_stream)
             }
             None => {
                 // The request-headers pass wrote filter state before the key was decided: the
@@ -420,6 +431,30 @@ impl Stream {
                 Verdict::Continue
             }
         }
+    }
+
+    /// The request body after a dedup answer was decided: each chunk is dropped (nothing more
+    /// reaches the upstream, and Envoy buffers nothing), and the answer goes out with the end of
+    /// the request, so the exchange completes without a reset. If a chunk cannot be dropped, the
+    /// answer goes out at once instead.
+    fn drain_request_body(
+        &mut self,
+        plugin: &Plugin,
+        host: &mut impl Host,
+        size: usize,
+        end_of_stream: bool,
+    ) -> Verdict {
+        let id = self.correlation_id.clone().unwrap_or_default();
+        if !end_of_stream {
+            match host.drop_request_body(size) {
+                Ok(()) => return Verdict::Continue,
+                Err(e) => self.check(plugin, host, Err(e), &id),
+            }
+        }
+        if let Some(reply) = self.deferred.take() {
+            self.dedup_reply(plugin, host, &id, reply);
+        }
+        Verdict::Stop
     }
 
     /// Finds the request's event key and checks it (unless the body must be read first). `Some`
@@ -829,8 +864,11 @@ impl Stream {
 
     pub fn on_response_headers(&mut self, plugin: &Plugin, host: &mut impl Host) {
         // The upstream answered before the body decided the key (or Envoy did, e.g. a timeout):
-        // the request was never checked, and no reply of ours can follow this one.
+        // the request was never checked, and no reply of ours can follow this one. Likewise an
+        // answer waiting for the end of the body: the upstream's answer to a request it never got
+        // whole (or Envoy's) goes to the client instead.
         self.pending = None;
+        self.deferred = None;
         if (self.admitted.is_some() || self.held.is_some()) && !self.local_reply {
             let status = host.response_header(":status").and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
             // A response without a readable status is Envoy's own doing: count it like a reset.

@@ -428,6 +428,9 @@ impl Host for WorkerHost {
     fn request_body(&mut self, _max: usize) -> Option<Vec<u8>> {
         Some(Vec::new())
     }
+    fn drop_request_body(&mut self, _size: usize) -> Result<(), HostError> {
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -216,3 +216,67 @@ fn a_fixed_duplicate_status_replaces_the_original() {
     let r = send(envoy.port, &post("/e?status=201", "x-1")).unwrap();
     assert_eq!((r.status, r.json()["status"].as_u64()), (409, Some(201)));
 }
+
+/// One HTTP/2 (h2c, prior knowledge) POST through curl, the body from stdin so that, without
+/// `content-length`, it is streamed in DATA frames and ends with END_STREAM: (status, the
+/// `x-meshguard-dedup` header).
+fn h2_post(port: u16, event_id: &str, body: &[u8], content_length: bool) -> (u16, Option<String>) {
+    use std::process::{Command, Stdio};
+    let mut args = vec!["-sS", "-i", "--http2-prior-knowledge", "-X", "POST", "-T", "-"];
+    let id = format!("x-event-id: {event_id}");
+    let length = format!("content-length: {}", body.len());
+    args.extend(["-H", &id, "-H", if content_length { &length } else { "content-length:" }]);
+    let url = format!("http://127.0.0.1:{port}/h2");
+    args.push(&url);
+    let mut curl = Command::new("curl")
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl (scripts/setup.sh installs it)");
+    let mut stdin = curl.stdin.take().unwrap();
+    let body = body.to_vec();
+    let writer = thread::spawn(move || {
+        for piece in body.chunks(16 << 10) {
+            if stdin.write_all(piece).is_err() {
+                break; // answered before the end: the rest is not wanted
+            }
+        }
+    });
+    let out = curl.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("curl {args:?}: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    let marker = text.lines().find_map(|l| l.strip_prefix("x-meshguard-dedup: ")).map(|v| v.trim().to_string());
+    (status, marker)
+}
+
+#[test]
+fn http2_callers_get_the_same_answers_with_body_fingerprints() {
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(r#"{"dedup": {"fingerprint": "body"}}"#, upstream.port);
+    let body: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    for (key, content_length) in [("h2-length", true), ("h2-streamed", false)] {
+        assert_eq!(h2_post(envoy.port, key, &body, content_length), (200, None), "{key}");
+        let got = upstream.last().unwrap();
+        assert_eq!((got.path.as_str(), got.body.len()), ("/h2", body.len()), "{key}: forwarded whole");
+        let hits = upstream.hits();
+        assert_eq!(h2_post(envoy.port, key, &body, content_length), (200, Some("duplicate".into())), "{key}");
+        let mut other = body.clone();
+        other[10] = b'!';
+        assert_eq!(h2_post(envoy.port, key, &other, content_length).0, 422, "{key}");
+        assert_eq!(upstream.hits(), hits, "{key}: a refused request reached the service whole");
+    }
+    // A small body in one DATA frame with END_STREAM.
+    assert_eq!(h2_post(envoy.port, "h2-small", b"{}", false), (200, None));
+    assert_eq!(h2_post(envoy.port, "h2-small", b"{}", false), (200, Some("duplicate".into())));
+    assert_eq!(
+        envoy.metric("envoy_http_downstream_cx_http2_total{envoy_http_conn_manager_prefix=\"ingress\"}"),
+        Some(8.0)
+    );
+}

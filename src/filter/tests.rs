@@ -31,6 +31,8 @@ struct FakeHost {
     cas_conflicts: usize,
     local_replies: Vec<LocalReply>,
     body: Vec<u8>,
+    /// Request body bytes dropped instead of forwarded.
+    dropped: usize,
 }
 
 /// Status, headers and body of a local reply.
@@ -126,6 +128,14 @@ impl Host for FakeHost {
     }
     fn request_body(&mut self, max: usize) -> Option<Vec<u8>> {
         Some(self.body.iter().take(max).copied().collect())
+    }
+    fn drop_request_body(&mut self, size: usize) -> Result<(), HostError> {
+        if self.fail_writes {
+            return Err(HostError("cannot drop request body"));
+        }
+        self.dropped += size.min(self.body.len());
+        self.body.clear();
+        Ok(())
     }
     fn send_local_reply(&mut self, status: u32, headers: &HeaderMap, body: &[u8]) -> Result<(), HostError> {
         self.local_replies.push((
@@ -765,6 +775,7 @@ fn deliver(plugin: &Plugin, host: &mut FakeHost, key: &[u8], chunks: &[&[u8]]) -
     host.request.push(("x-event-id".into(), key.to_vec()));
     host.response.clear();
     host.local_replies.clear();
+    host.dropped = 0;
     let mut stream = Stream::default();
     let mut verdicts =
         vec![stream.on_request_headers_eos(plugin, host, &mut TestEntropy(host.clock | 1), chunks.is_empty())];
@@ -802,13 +813,15 @@ fn body_chunks_stream_on_until_the_key_is_decided_and_never_wait_in_envoy() {
     let (verdicts, _) = deliver(&plugin, &mut host, b"e-1", &chunks);
     assert_eq!(verdicts, vec![Verdict::Continue; 5]);
     assert_eq!(host.state_str(state::DEDUP).as_deref(), Some("first"));
-    // The same body cut elsewhere is the same event: a duplicate, answered on the chunk that decides.
+    // The same body cut elsewhere is the same event: a duplicate, decided on the chunk that
+    // reaches 64 KiB; that chunk and the rest are dropped, and the answer goes with the end.
     let chunks: Vec<&[u8]> = body.chunks(7_000).collect();
     let (verdicts, _) = deliver(&plugin, &mut host, b"e-1", &chunks);
-    assert_eq!(verdicts.len(), 1 + 10, "decided on the chunk that reaches 64 KiB");
+    assert_eq!(verdicts.len(), 1 + 15);
+    assert!(verdicts[..15].iter().all(|v| *v == Verdict::Continue));
     assert_eq!(verdicts.last(), Some(&Verdict::Stop));
-    assert!(verdicts[..10].iter().all(|v| *v == Verdict::Continue));
-    assert_eq!(host.local_replies[0].0, 200);
+    assert_eq!(host.dropped, 5 * 7_000, "chunks 10 to 14 dropped (the 10th passed 64 KiB)");
+    assert_eq!((host.local_replies.len(), host.local_replies[0].0), (1, 200));
     // Bytes past 64 KiB do not count; a change before them does.
     let mut other = body.clone();
     other[90_000] ^= 1;
@@ -879,13 +892,53 @@ fn a_content_length_body_is_decided_on_the_chunk_that_completes_it() {
         stream.on_log(&plugin, host);
         verdicts
     };
-    assert_eq!(send(&mut host, &[b"{\"a\":", b"1}"], "7"), vec![Verdict::Continue; 4]);
-    assert_eq!(send(&mut host, &[b"{\"a\":", b"1}"], "7"), vec![Verdict::Continue, Verdict::Continue, Verdict::Stop]);
-    assert_eq!(host.local_replies[0].0, 200);
-    assert_eq!(send(&mut host, &[b"{\"a\":1}"], "7"), vec![Verdict::Continue, Verdict::Stop]);
-    assert_eq!(send(&mut host, &[b"{\"a\":2}"], "7"), vec![Verdict::Continue, Verdict::Stop]);
+    use Verdict::{Continue, Stop};
+    assert_eq!(send(&mut host, &[b"{\"a\":", b"1}"], "7"), vec![Continue; 4]);
+    // The last byte decides; it is dropped, and the answer waits for the end of the stream.
+    host.dropped = 0;
+    assert_eq!(send(&mut host, &[b"{\"a\":", b"1}"], "7"), vec![Continue, Continue, Continue, Stop]);
+    assert_eq!((host.local_replies[0].0, host.dropped), (200, 2));
+    assert_eq!(send(&mut host, &[b"{\"a\":1}"], "7"), vec![Continue, Continue, Stop]);
+    assert_eq!(send(&mut host, &[b"{\"a\":2}"], "7"), vec![Continue, Continue, Stop]);
     assert_eq!(host.local_replies[0].0, 422);
     // `content-length: 0` is an empty body, decided with the headers.
     let verdicts = send(&mut host, &[], "0");
     assert_eq!((verdicts[0], host.local_replies[0].0), (Verdict::Stop, 422));
+}
+
+#[test]
+fn a_deferred_dedup_answer_goes_at_once_if_the_body_cannot_be_dropped_and_never_after_an_upstream_answer() {
+    let mut host = FakeHost::default();
+    let plugin = body_plugin(&mut host);
+    let body = vec![5u8; 70_000];
+    deliver(&plugin, &mut host, b"e-5", &[&body]);
+    let start = |host: &mut FakeHost, stream: &mut Stream| {
+        host.request = vec![(":method".into(), b"POST".to_vec()), (":path".into(), b"/e".to_vec())];
+        host.request.push(("x-event-id".into(), b"e-5".to_vec()));
+        host.local_replies.clear();
+        stream.on_request_headers_eos(&plugin, host, &mut TestEntropy(9), false);
+        host.body = body.clone();
+        stream.on_request_body(&plugin, host, body.len(), false)
+    };
+    // The chunk that decides cannot be dropped: the duplicate is answered at once, not forwarded.
+    host.fail_writes = true;
+    let mut stream = Stream::default();
+    assert_eq!(start(&mut host, &mut stream), Verdict::Stop);
+    assert_eq!(host.local_replies[0].0, 200);
+    assert_eq!(host.counter("meshguard_errors_total"), 1);
+    host.fail_writes = false;
+
+    // The upstream answers (to a request it never got whole) while the answer waits: its answer
+    // goes to the client, and the end of the body sends nothing more.
+    let mut stream = Stream::default();
+    assert_eq!(start(&mut host, &mut stream), Verdict::Continue);
+    host.response = vec![(":status".into(), b"408".to_vec())];
+    stream.on_response_headers(&plugin, &mut host);
+    host.body = vec![5; 10];
+    assert_eq!(stream.on_request_body(&plugin, &mut host, 10, true), Verdict::Continue);
+    stream.on_log(&plugin, &mut host);
+    assert!(host.local_replies.is_empty());
+    // The event is still complete in the store.
+    let (verdicts, _) = deliver(&plugin, &mut host, b"e-5", &[&body]);
+    assert_eq!((verdicts, host.local_replies[0].0), (vec![Verdict::Continue, Verdict::Stop], 200));
 }

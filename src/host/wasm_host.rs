@@ -1,7 +1,7 @@
 //! [`Host`] on real proxy-wasm host calls.
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{LogLevel as WasmLevel, MapType};
+use proxy_wasm::types::{BufferType, LogLevel as WasmLevel, MapType};
 
 use super::abi;
 use crate::config::LogLevel;
@@ -67,6 +67,13 @@ impl Host for WasmHost {
 
     fn request_body(&mut self, max: usize) -> Option<Vec<u8>> {
         abi::request_body(max)
+    }
+
+    fn drop_request_body(&mut self, size: usize) -> Result<(), HostError> {
+        // Replaces bytes [0, size) of the chunk with nothing; `size` is the chunk's length, as
+        // Envoy drains exactly that many.
+        hostcalls::set_buffer(BufferType::HttpRequestBody, 0, size, &[])
+            .map_err(|_| HostError("cannot drop request body"))
     }
 
     fn set_gauge(&mut self, metric: MetricId, value: u64) {
