@@ -266,10 +266,14 @@ fn http2_callers_get_the_same_answers_with_body_fingerprints() {
         let got = upstream.last().unwrap();
         assert_eq!((got.path.as_str(), got.body.len()), ("/h2", body.len()), "{key}: forwarded whole");
         let hits = upstream.hits();
-        assert_eq!(h2_post(envoy.port, key, &body, content_length), (200, Some("duplicate".into())), "{key}");
+        // Refused while the body is still arriving: the answer must reach the client every time
+        // (an answer mid-upload followed by Envoy's RST_STREAM was lost about half the time).
         let mut other = body.clone();
         other[10] = b'!';
-        assert_eq!(h2_post(envoy.port, key, &other, content_length).0, 422, "{key}");
+        for _ in 0..5 {
+            assert_eq!(h2_post(envoy.port, key, &body, content_length), (200, Some("duplicate".into())), "{key}");
+            assert_eq!(h2_post(envoy.port, key, &other, content_length).0, 422, "{key}");
+        }
         assert_eq!(upstream.hits(), hits, "{key}: a refused request reached the service whole");
     }
     // A small body in one DATA frame with END_STREAM.
@@ -277,6 +281,6 @@ fn http2_callers_get_the_same_answers_with_body_fingerprints() {
     assert_eq!(h2_post(envoy.port, "h2-small", b"{}", false), (200, Some("duplicate".into())));
     assert_eq!(
         envoy.metric("envoy_http_downstream_cx_http2_total{envoy_http_conn_manager_prefix=\"ingress\"}"),
-        Some(8.0)
+        Some(24.0)
     );
 }
