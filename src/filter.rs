@@ -379,9 +379,9 @@ impl Stream {
     /// decided. Each chunk before that goes on upstream: holding them (`Pause`, Envoy's
     /// StopIterationAndBuffer) gets a request refused with 413 whenever a burst of body pushes
     /// Envoy's buffer past its limit (1 MiB by default, 32 KiB on edge proxies), and proxy-wasm's
-    /// SDK has no watermark variant. The request headers have gone upstream already too; a
-    /// duplicate is answered locally, the chunk that decided it is never forwarded and the local
-    /// reply resets the upstream request, so the service never gets it complete.
+    /// SDK has no watermark variant. The request headers have gone upstream already too; for a
+    /// refused request the chunk that decided and the rest are dropped (`drain_request_body`),
+    /// and the local reply resets the upstream request, so the service never gets it complete.
     pub fn on_request_body(
         &mut self,
         plugin: &Plugin,
