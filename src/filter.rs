@@ -270,7 +270,7 @@ pub struct Stream {
 }
 
 /// A request whose dedup check waits for its body.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug)]
 struct Pending {
     id: u128,
     nonce: u32,
@@ -392,7 +392,7 @@ impl Stream {
         if self.deferred.is_some() {
             return self.drain_request_body(plugin, host, size, end_of_stream);
         }
-        let Some(pending) = self.pending.as_mut() else {
+        let Some(mut pending) = self.pending.take() else {
             return Verdict::Continue;
         };
         let wanted = size.min(dd::MAX_BODY_FINGERPRINT - pending.body.len());
@@ -407,11 +407,9 @@ impl Stream {
         // upstream only with the end of stream, which is never forwarded before the decision.
         let complete = end_of_stream || pending.content_length.is_some_and(|length| pending.seen >= length);
         if !complete && pending.body.len() < dd::MAX_BODY_FINGERPRINT {
+            self.pending = Some(pending);
             return Verdict::Continue;
         }
-        let Some(pending) = self.pending.take() else {
-            return Verdict::Continue;
-        };
         let fingerprint = dd::fingerprint(&pending.method, &pending.path, Some(&pending.body));
         let id = self.correlation_id.clone().unwrap_or_default();
         match self.dedup_check(plugin, host, pending.id, pending.nonce, fingerprint, &id) {
@@ -444,13 +442,13 @@ impl Stream {
         size: usize,
         end_of_stream: bool,
     ) -> Verdict {
-        let id = self.correlation_id.clone().unwrap_or_default();
-        if !end_of_stream {
-            match host.drop_request_body(size) {
-                Ok(()) => return Verdict::Continue,
-                Err(e) => self.check(plugin, host, Err(e), &id),
-            }
+        let dropped = if end_of_stream { Ok(()) } else { host.drop_request_body(size) };
+        if !end_of_stream && dropped.is_ok() {
+            return Verdict::Continue;
         }
+        // The end of the request, or a chunk that could not be dropped: answer now.
+        let id = self.correlation_id.clone().unwrap_or_default();
+        self.check(plugin, host, dropped, &id);
         if let Some(reply) = self.deferred.take() {
             self.dedup_reply(plugin, host, &id, reply);
         }
@@ -996,7 +994,7 @@ pub const MAX_CAS_ATTEMPTS: usize = 16;
 
 /// Read a shared-data value, change it, compare-and-swap it back; again on a mismatch, at most
 /// [`MAX_CAS_ATTEMPTS`] times. A value that does not decode counts as `fresh()`. No write when
-/// `change` left the value as it was.
+/// `change` left the value as it was. Returns `change`'s result and the value as left.
 fn cas_update<T: Clone + PartialEq, R>(
     host: &mut impl Host,
     key: &str,
@@ -1004,17 +1002,14 @@ fn cas_update<T: Clone + PartialEq, R>(
     fresh: impl Fn() -> T,
     encode: impl Fn(&T) -> Vec<u8>,
     mut change: impl FnMut(&mut T) -> R,
-) -> Result<R, HostError> {
+) -> Result<(R, T), HostError> {
     for _ in 0..MAX_CAS_ATTEMPTS {
         let (bytes, cas) = host.shared_get(key)?.unwrap_or_default();
         let before = decode(&bytes);
         let mut value = before.clone().unwrap_or_else(&fresh);
         let result = change(&mut value);
-        if before.as_ref() == Some(&value) {
-            return Ok(result);
-        }
-        if host.shared_set(key, &encode(&value), cas)? {
-            return Ok(result);
+        if before.as_ref() == Some(&value) || host.shared_set(key, &encode(&value), cas)? {
+            return Ok((result, value));
         }
     }
     Err(HostError("shared data contended: compare-and-swap attempts exhausted"))

@@ -151,22 +151,11 @@ fn update<R>(
     key: &str,
     cfg: &Breaker,
     epoch: Option<u64>,
-    mut change: impl FnMut(&mut State) -> (R, Option<Transition>),
+    change: impl FnMut(&mut State) -> (R, Option<Transition>),
 ) -> Result<Updated<R>, HostError> {
-    let mut last = None;
-    let (decision, transition) = super::cas_update(
-        host,
-        key,
-        |b| State::decode(b, cfg),
-        || State::new(cfg),
-        State::encode,
-        |state| {
-            let r = change(state);
-            last = Some(state.clone());
-            r
-        },
-    )?;
-    Ok(Updated { decision, transition, copy: last.and_then(|state| Snapshot::new(state, epoch, cfg)) })
+    let ((decision, transition), state) =
+        super::cas_update(host, key, |b| State::decode(b, cfg), || State::new(cfg), State::encode, change)?;
+    Ok(Updated { decision, transition, copy: Snapshot::new(state, epoch, cfg) })
 }
 
 /// Logs and counts a transition (the caller's swap made it, so it happens once per process).

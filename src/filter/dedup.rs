@@ -70,7 +70,7 @@ fn update<R>(
     key: &str,
     change: impl FnMut(&mut Bucket) -> R,
 ) -> Result<R, HostError> {
-    super::cas_update(host, key, |b| Bucket::decode(b, layout), Bucket::default, Bucket::encode, change)
+    super::cas_update(host, key, |b| Bucket::decode(b, layout), Bucket::default, Bucket::encode, change).map(|(r, _)| r)
 }
 
 #[allow(clippy::too_many_arguments)]
