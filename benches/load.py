@@ -26,10 +26,11 @@ import tempfile
 import time
 import urllib.request
 
+import procstat
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHGUARD_WASM = os.path.join(REPO, "target/wasm32-wasip1/release/meshguard.wasm")
 EMPTY_WASM = os.path.join(REPO, "benches/empty-filter/target/wasm32-wasip1/release/empty_filter.wasm")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 LUA = r"""
 function envoy_on_request(handle)
@@ -197,17 +198,10 @@ class Envoy:
         sys.exit(f"{name}: Envoy not ready after 60 s")
 
     def cpu_seconds(self):
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        # Fields 14 and 15 of proc(5) (utime, stime); index shifted by the two fields before ")".
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return procstat.cpu_seconds(self.proc.pid)
 
     def rss_mb(self):
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return 0.0
+        return procstat.rss_mb(self.proc.pid)
 
     def stop(self):
         self.proc.terminate()

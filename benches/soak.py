@@ -41,6 +41,8 @@ import tempfile
 import time
 import urllib.request
 
+from procstat import rss_mb
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHGUARD_WASM = os.environ.get("MESHGUARD_WASM", os.path.join(REPO, "target/wasm32-wasip1/release/meshguard.wasm"))
 
@@ -214,14 +216,6 @@ def bootstrap(port, admin, upstream_port, config):
 def http_get(url, timeout=5):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.read().decode()
-
-
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def prometheus(admin):

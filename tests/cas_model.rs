@@ -698,27 +698,30 @@ fn check_every_outcome_recorded(world: &World, scripts: &[Vec<Step>]) {
 
 #[test]
 fn breaker_records_every_outcome_under_every_interleaving_of_two_workers() {
-    let started = Instant::now();
-    let scripts = vec![calls(0, &[500, 200]), calls(10, &[200, 503])];
-    let schedules = exhaustive(Some(2), 100_000, |strategy| {
-        let world = Arc::new(World::default());
-        run(RECORD_ALL, &scripts, &world, Mode::Scheduled(strategy));
-        check_every_outcome_recorded(&world, &scripts);
-    });
-    report("breaker, 2 workers x 2 calls", schedules, started);
-    assert!(schedules > 100);
+    every_outcome_recorded_under_every_interleaving(
+        "breaker, 2 workers x 2 calls",
+        &[calls(0, &[500, 200]), calls(10, &[200, 503])],
+    );
 }
 
 #[test]
 fn breaker_records_every_outcome_under_every_interleaving_of_three_workers() {
+    every_outcome_recorded_under_every_interleaving(
+        "breaker, 3 workers x 1 call",
+        &[calls(0, &[500]), calls(10, &[200]), calls(20, &[502])],
+    );
+}
+
+/// Every schedule (preemption bound 2) of the workers' `scripts` under [`RECORD_ALL`] records
+/// every outcome; more than 100 schedules are explored.
+fn every_outcome_recorded_under_every_interleaving(label: &str, scripts: &[Vec<Step>]) {
     let started = Instant::now();
-    let scripts = vec![calls(0, &[500]), calls(10, &[200]), calls(20, &[502])];
     let schedules = exhaustive(Some(2), 100_000, |strategy| {
         let world = Arc::new(World::default());
-        run(RECORD_ALL, &scripts, &world, Mode::Scheduled(strategy));
-        check_every_outcome_recorded(&world, &scripts);
+        run(RECORD_ALL, scripts, &world, Mode::Scheduled(strategy));
+        check_every_outcome_recorded(&world, scripts);
     });
-    report("breaker, 3 workers x 1 call", schedules, started);
+    report(label, schedules, started);
     assert!(schedules > 100);
 }
 

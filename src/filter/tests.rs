@@ -672,19 +672,26 @@ fn a_quiet_closed_circuit_is_decided_without_shared_data_reads() {
     assert_eq!((host.shared_gets, host.shared_sets), (gets, sets), "the copy answered");
 }
 
-#[test]
-fn a_circuit_opened_by_another_worker_is_seen_through_the_copy() {
-    // Two workers (two VMs: two plugins) over one shared store and one set of Envoy counters.
+/// Two workers (two VMs: two plugins) over one shared store and one set of Envoy counters, on a
+/// circuit that opens at one failure; `a` has made it quiet (a full window of successes). Returns
+/// the plugins and how many shared-data reads one more success of `a` made.
+fn two_workers_on_a_quiet_circuit(host: &mut FakeHost) -> (Plugin, Plugin, usize) {
     let json = r#"{"circuit_breaker": {"window": {"type": "count", "size": 4}, "consecutive_failures": 1}}"#;
-    let mut host = FakeHost::with_request(&[]);
-    let a = breaker_plugin(json, &mut host);
-    let b = breaker_plugin(json, &mut host);
+    let a = breaker_plugin(json, host);
+    let b = breaker_plugin(json, host);
     for _ in 0..5 {
-        call(&a, &mut host, "200", 0);
+        call(&a, host, "200", 0);
     }
     let gets = host.shared_gets;
-    call(&a, &mut host, "200", 0);
-    assert_eq!(host.shared_gets, gets, "a's copy is quiet");
+    call(&a, host, "200", 0);
+    (a, b, host.shared_gets - gets)
+}
+
+#[test]
+fn a_circuit_opened_by_another_worker_is_seen_through_the_copy() {
+    let mut host = FakeHost::with_request(&[]);
+    let (a, b, reads) = two_workers_on_a_quiet_circuit(&mut host);
+    assert_eq!(reads, 0, "a's copy is quiet");
     call(&b, &mut host, "500", 0);
     assert_eq!(host.counter("rule=.=default;.;to=.=open;.;meshguard_circuit_transitions_total"), 1);
     assert_eq!(call(&a, &mut host, "200", 0), Verdict::Stop, "a's copy is stale: the epoch moved");
@@ -754,16 +761,9 @@ fn probes_in_half_open_always_read_the_shared_value() {
 fn with_stats_rejected_by_envoy_the_copy_never_answers_a_closed_circuit() {
     // Envoy's stats matcher can reject meshguard's stats (Istio without proxyStatsMatcher):
     // the epoch then reads 0 forever and could not reveal another worker's failures.
-    let json = r#"{"circuit_breaker": {"window": {"type": "count", "size": 4}, "consecutive_failures": 1}}"#;
     let mut host = FakeHost { null_stats: true, ..FakeHost::with_request(&[]) };
-    let a = breaker_plugin(json, &mut host);
-    let b = breaker_plugin(json, &mut host);
-    for _ in 0..6 {
-        call(&a, &mut host, "200", 0);
-    }
-    let gets = host.shared_gets;
-    call(&a, &mut host, "200", 0);
-    assert!(host.shared_gets > gets, "a quiet circuit is read from shared data when the epoch is dead");
+    let (a, b, reads) = two_workers_on_a_quiet_circuit(&mut host);
+    assert!(reads > 0, "a quiet circuit is read from shared data when the epoch is dead");
     call(&b, &mut host, "500", 0);
     assert_eq!(call(&a, &mut host, "200", 0), Verdict::Stop, "a sees the circuit b opened");
 }
