@@ -284,3 +284,32 @@ fn http2_callers_get_the_same_answers_with_body_fingerprints() {
         Some(24.0)
     );
 }
+
+/// The service answers before meshguard has seen enough of the body to decide the key (it refuses
+/// the request after its head): the client gets the service's answer, and since the event was
+/// never checked nothing is claimed — its redelivery is processed, not held as in flight.
+#[test]
+fn an_upstream_answer_before_the_body_decides_leaves_the_event_unclaimed() {
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(r#"{"dedup": {"fingerprint": "body"}}"#, upstream.port);
+    let total = 200 << 10;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+    let head = format!(
+        "POST /e?early=1&status=503 HTTP/1.1\r\nhost: localhost\r\nx-event-id: early-1\r\ncontent-length: {total}\r\n\r\n"
+    );
+    // 20 KiB of 200: short of the 64 KiB that decide the key.
+    s.write_all(&[head.as_bytes(), &vec![b'a'; 20 << 10]].concat()).unwrap();
+    let mut reader = std::io::BufReader::new(s);
+    let mut answer = String::new();
+    while reader.read_line(&mut answer).unwrap() > 2 {}
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(!answer.contains("x-meshguard-dedup"), "{answer}");
+
+    let redelivery = Request::post("/e").header("x-event-id", "early-1").body(vec![b'a'; total]);
+    let r = send(envoy.port, &redelivery).unwrap();
+    assert_eq!((r.status, r.header("x-meshguard-dedup")), (200, None));
+    assert_eq!(upstream.last().unwrap().body.len(), total);
+    envoy.wait_metric(r#"meshguard_dedup_total{rule="default",outcome="first"}"#, 1.0);
+    let again = send(envoy.port, &redelivery).unwrap();
+    assert_eq!(again.header("x-meshguard-dedup").as_deref(), Some("duplicate"));
+}

@@ -4,6 +4,8 @@
 //! - `/status/NNN` (or the query parameter `status=NNN`) answers with status NNN, any of 200-599;
 //!   anything else answers 200.
 //! - The query parameter `delay_ms=N` waits N ms (at most a minute) before answering.
+//! - The query parameter `early=1` answers as soon as the request head is in, without reading the
+//!   body (as a service that refuses a request early does), then closes the connection.
 //! - The query parameter `server_timing=V` adds a `server-timing: V` response header (V as sent,
 //!   without percent-decoding).
 //! - The body is `{"method", "path" (with the query), "headers": {lower-case name: value, repeated
@@ -204,7 +206,7 @@ fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
                 return Err(e);
             }
         };
-        let Request { received, keep_alive } = request;
+        let Request { received, keep_alive, early } = request;
         let status = requested_status(&received.path);
         let delay = query_param(&received.path, "delay_ms").and_then(|ms| ms.parse().ok()).map(Duration::from_millis);
         match shared.relay.load(Ordering::SeqCst) {
@@ -219,6 +221,14 @@ fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
         let writer = reader.get_mut();
         writer.write_all(&response)?;
         writer.flush()?;
+        if early {
+            // Closing with the body unread would reset the connection, and Envoy could lose the
+            // answer: stop writing, then read (and drop) the rest until Envoy closes.
+            writer.shutdown(std::net::Shutdown::Write)?;
+            writer.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let _ = io::copy(&mut reader, &mut io::sink());
+            return Ok(());
+        }
         if !keep_alive {
             return Ok(());
         }
@@ -253,6 +263,8 @@ const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nco
 struct Request {
     received: Received,
     keep_alive: bool,
+    /// `early=1`: answered without reading the body.
+    early: bool,
 }
 
 /// Reads one request, its body included; `Ok(None)` when the client closed the connection.
@@ -279,13 +291,15 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
     if framing != Framing::Unframed && http::has_token(&headers, "expect", "100-continue") {
         reader.get_mut().write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
     }
+    let early = query_param(path, "early") == Some("1");
     let body = match framing {
+        _ if early => Vec::new(),
         Framing::Chunked => http::read_chunked(reader)?,
         Framing::Length(len) => http::read_exactly(reader, len)?,
         Framing::Unframed => Vec::new(),
     };
     let received = Received { method: method.to_string(), path: path.to_string(), headers, body };
-    Ok(Some(Request { received, keep_alive }))
+    Ok(Some(Request { received, keep_alive: keep_alive && !early, early }))
 }
 
 /// NNN of `/status/NNN` or of `?status=NNN` when it is 200-599; else 200.
