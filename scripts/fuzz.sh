@@ -19,6 +19,12 @@ CARGO_FUZZ_VERSION=0.13.1
 
 log() { printf '==> %s\n' "$*"; }
 
+# libfuzzer-sys compiles libFuzzer (C++) with the system compiler.
+if ! command -v c++ >/dev/null 2>&1; then
+    log "installing g++ (apt-get; libFuzzer is C++)"
+    apt-get update -qq && apt-get install -y -qq g++ >/dev/null
+fi
+
 if ! cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $CARGO_FUZZ_VERSION"; then
     log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
     cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
