@@ -219,10 +219,10 @@ fn a_fixed_duplicate_status_replaces_the_original() {
 
 /// One HTTP/2 (h2c, prior knowledge) POST through curl, the body from stdin so that, without
 /// `content-length`, it is streamed in DATA frames and ends with END_STREAM: (status, the
-/// `x-meshguard-dedup` header).
+/// `x-meshguard-dedup` header). curl's `-v` trace (stderr) is shown when no answer came.
 fn h2_post(port: u16, event_id: &str, body: &[u8], content_length: bool) -> (u16, Option<String>) {
     use std::process::{Command, Stdio};
-    let mut args = vec!["-sS", "-i", "--http2-prior-knowledge", "-X", "POST", "-T", "-"];
+    let mut args = vec!["-sS", "-v", "-i", "--http2-prior-knowledge", "-X", "POST", "-T", "-"];
     let id = format!("x-event-id: {event_id}");
     let length = format!("content-length: {}", body.len());
     args.extend(["-H", &id, "-H", if content_length { &length } else { "content-length:" }]);
