@@ -17,6 +17,9 @@ pub mod metrics;
 pub mod rules;
 pub mod trace;
 
+#[cfg(not(all(target_arch = "wasm32", target_os = "wasi")))]
+pub mod testing;
+
 #[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 mod host;
 
