@@ -133,7 +133,7 @@ fn benches(c: &mut Criterion) {
 
     let cb = config::parse(br#"{"circuit_breaker": {}}"#).unwrap().default_rule.circuit_breaker.unwrap();
     let mut state = breaker::State::new(&cb);
-    let ok = breaker::Outcome::default();
+    let ok = breaker::CallOutcome::default();
     for _ in 0..25 {
         let (admission, _) = state.admit(&cb, 0);
         if let breaker::Admission::Pass { generation } = admission {
@@ -147,7 +147,7 @@ fn benches(c: &mut Criterion) {
             s.admit(&cb, 1)
         })
     });
-    let failed = breaker::Outcome { failure: true, slow: false };
+    let failed = breaker::CallOutcome { failure: true, slow: false };
     c.bench_function("breaker/record a failure (decode, record, encode), count window 20", |b| {
         b.iter(|| {
             let mut s = breaker::State::decode(black_box(&encoded), &cb).unwrap();
@@ -271,7 +271,7 @@ impl Host for NullHost {
         self.1.insert(key.to_string(), (value.to_vec(), cas));
         Ok(true)
     }
-    fn send_local_reply(&mut self, _: u32, _: &HeaderMap, _: &[u8]) -> Result<(), HostError> {
+    fn send_local_reply(&mut self, _: &meshguard::reply::Reply) -> Result<(), HostError> {
         Ok(())
     }
     fn request_body(&mut self, _: usize) -> Option<Vec<u8>> {

@@ -14,6 +14,7 @@ pub mod headers;
 pub mod ids;
 pub mod logline;
 pub mod metrics;
+pub mod reply;
 pub mod rules;
 pub mod trace;
 

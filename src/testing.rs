@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::config::LogLevel;
 use crate::filter::{Host, HostError, MetricId};
 use crate::headers::HeaderMap;
+use crate::reply::Reply;
 
 /// Envoy's shared data (proxy-wasm-cpp-host `SharedData`, checked on Envoy 1.40): a missing key
 /// reads as nothing; a write to a missing key, or with cas 0, is unconditional; a stale cas fails;
@@ -167,6 +168,7 @@ pub type ProxyRef = Arc<Mutex<Proxy>>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalReply {
     pub status: u32,
+    pub grpc_status: Option<u32>,
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
 }
@@ -411,9 +413,15 @@ impl Host for FakeHost {
         let (worker, label) = (self.worker, self.label);
         Ok(self.proxy().shared.set(key, value, cas, worker, label))
     }
-    fn send_local_reply(&mut self, status: u32, headers: &HeaderMap, body: &[u8]) -> Result<(), HostError> {
-        let headers = headers.iter().map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.to_vec())).collect();
-        self.local_replies.push(LocalReply { status, headers, body: body.to_vec() });
+    fn send_local_reply(&mut self, reply: &Reply) -> Result<(), HostError> {
+        let headers =
+            reply.headers.iter().map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.to_vec())).collect();
+        self.local_replies.push(LocalReply {
+            status: reply.status,
+            grpc_status: reply.grpc_status,
+            headers,
+            body: reply.body.clone(),
+        });
         Ok(())
     }
     fn request_body(&mut self, max: usize) -> Option<Vec<u8>> {

@@ -421,8 +421,8 @@ impl Host for WorkerHost {
         self.pass(Op::Set);
         Ok(self.world.lock().store.set(key, value, cas, self.worker, self.label))
     }
-    fn send_local_reply(&mut self, status: u32, _headers: &HeaderMap, _body: &[u8]) -> Result<(), HostError> {
-        self.local_reply = Some(status);
+    fn send_local_reply(&mut self, reply: &meshguard::reply::Reply) -> Result<(), HostError> {
+        self.local_reply = Some(reply.status);
         Ok(())
     }
     fn request_body(&mut self, _max: usize) -> Option<Vec<u8>> {
@@ -683,7 +683,7 @@ fn check_every_outcome_recorded(world: &World, scripts: &[Vec<Step>]) {
     for c in &committed {
         let Label::Outcome { failure } = c.label else { unreachable!() };
         per_worker[c.worker].push(failure);
-        let t = reference.record(&cfg, 0, false, breaker::Outcome { failure, slow: false }, 0);
+        let t = reference.record(&cfg, 0, false, breaker::CallOutcome { failure, slow: false }, 0);
         assert!(t.is_none());
     }
     assert_eq!(per_worker, outcomes, "commit order is not a merge of the workers' program orders");
@@ -805,7 +805,7 @@ fn failures_on_a_quiet_circuit_are_seen_by_every_worker_copy() {
         for c in p.store.commits.iter().filter(|c| c.key.starts_with(KEY_PREFIX)) {
             if let Label::Outcome { failure } = c.label {
                 let generation = reference.generation;
-                let t = reference.record(&cfg, generation, false, breaker::Outcome { failure, slow: false }, 0);
+                let t = reference.record(&cfg, generation, false, breaker::CallOutcome { failure, slow: false }, 0);
                 opened += i64::from(t.is_some());
             }
         }

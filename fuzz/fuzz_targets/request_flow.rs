@@ -134,8 +134,8 @@ impl Host for FuzzHost<'_> {
         self.world.shared.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
         Ok(true)
     }
-    fn send_local_reply(&mut self, status: u32, _headers: &HeaderMap, _body: &[u8]) -> Result<(), HostError> {
-        self.local_replies.push(status);
+    fn send_local_reply(&mut self, reply: &meshguard::reply::Reply) -> Result<(), HostError> {
+        self.local_replies.push(reply.status);
         Ok(())
     }
     fn request_body(&mut self, max: usize) -> Option<Vec<u8>> {

@@ -13,7 +13,9 @@
 //!   closed cannot close or reopen a circuit that has moved on.
 
 mod codec;
+pub mod shared;
 mod snapshot;
+pub mod stage;
 #[cfg(test)]
 mod tests;
 
@@ -43,7 +45,7 @@ impl Phase {
 
 /// A call's outcome. A call can be both a failure and slow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Outcome {
+pub struct CallOutcome {
     pub failure: bool,
     pub slow: bool,
 }
@@ -175,7 +177,7 @@ impl State {
         cfg: &Breaker,
         generation: u32,
         probe: bool,
-        outcome: Outcome,
+        outcome: CallOutcome,
         now: u64,
     ) -> Option<Transition> {
         if generation != self.generation {
@@ -204,7 +206,7 @@ impl State {
         }
     }
 
-    fn record_closed(&mut self, cfg: &Breaker, outcome: Outcome, now: u64) -> Option<Transition> {
+    fn record_closed(&mut self, cfg: &Breaker, outcome: CallOutcome, now: u64) -> Option<Transition> {
         self.push(outcome, now);
         self.consecutive_failures = if outcome.failure { self.consecutive_failures.saturating_add(1) } else { 0 };
         if cfg.consecutive_failures > 0 && self.consecutive_failures >= cfg.consecutive_failures {
@@ -263,7 +265,7 @@ impl State {
         }
     }
 
-    fn push(&mut self, outcome: Outcome, now: u64) {
+    fn push(&mut self, outcome: CallOutcome, now: u64) {
         let bits = u8::from(outcome.failure) | u8::from(outcome.slow) << 1;
         match &mut self.window {
             Calls::Count { ring, head, len } => {
@@ -353,14 +355,14 @@ pub const UPSTREAM_FAILURE_FLAGS: u64 = 1 << 1 | 1 << 2 | 1 << 4 | 1 << 5 | 1 <<
 /// Classifies a call from its status (`None`: the stream ended without response headers, e.g. a
 /// reset) and how long it took; `flags` (Envoy's `response.flags`) is read only when the status
 /// alone does not already make the call a failure and could be Envoy's own 5xx.
-pub fn classify(cfg: &Breaker, status: Option<u32>, flags: impl FnOnce() -> Option<u64>, elapsed: u64) -> Outcome {
+pub fn classify(cfg: &Breaker, status: Option<u32>, flags: impl FnOnce() -> Option<u64>, elapsed: u64) -> CallOutcome {
     let failure = match status {
         None => true,
         Some(s) if cfg.failure_status.contains(s) => true,
         Some(s) if s >= 500 => flags().is_some_and(|f| f & UPSTREAM_FAILURE_FLAGS != 0),
         Some(_) => false,
     };
-    Outcome { failure, slow: elapsed > cfg.slow_call_duration }
+    CallOutcome { failure, slow: elapsed > cfg.slow_call_duration }
 }
 
 /// The shared-data key of a rule's circuit: per plugin (two meshguard plugins on one proxy share

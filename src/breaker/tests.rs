@@ -10,9 +10,9 @@ const S: u64 = 1_000_000_000;
 const MS: u64 = 1_000_000;
 const T0: u64 = 1_700_000_000 * S;
 
-const OK: Outcome = Outcome { failure: false, slow: false };
-const FAIL: Outcome = Outcome { failure: true, slow: false };
-const SLOW: Outcome = Outcome { failure: false, slow: true };
+const OK: CallOutcome = CallOutcome { failure: false, slow: false };
+const FAIL: CallOutcome = CallOutcome { failure: true, slow: false };
+const SLOW: CallOutcome = CallOutcome { failure: false, slow: true };
 
 fn cfg(json: &str) -> Breaker {
     let c = config::parse(format!(r#"{{"circuit_breaker": {json}}}"#).as_bytes()).unwrap();
@@ -21,7 +21,7 @@ fn cfg(json: &str) -> Breaker {
 
 /// Admits and records one call at `now`, round-tripping the state through its encoding as the
 /// shell does; returns the admission and any transitions.
-fn call(state: &mut State, cfg: &Breaker, outcome: Outcome, now: u64) -> (Admission, Vec<Transition>) {
+fn call(state: &mut State, cfg: &Breaker, outcome: CallOutcome, now: u64) -> (Admission, Vec<Transition>) {
     let mut transitions = Vec::new();
     let (admission, t) = state.admit(cfg, now);
     transitions.extend(t);
@@ -36,7 +36,7 @@ fn call(state: &mut State, cfg: &Breaker, outcome: Outcome, now: u64) -> (Admiss
     (admission, transitions)
 }
 
-fn calls(state: &mut State, cfg: &Breaker, outcomes: &[Outcome], now: u64) -> Vec<Transition> {
+fn calls(state: &mut State, cfg: &Breaker, outcomes: &[CallOutcome], now: u64) -> Vec<Transition> {
     outcomes.iter().flat_map(|o| call(state, cfg, *o, now).1).collect()
 }
 
@@ -309,7 +309,7 @@ fn quiet_means_a_success_and_an_admission_change_nothing() {
     for n in 0..=6u32 {
         for bits in 0..(1u32 << n) {
             let mut state = State::new(&c);
-            let outcomes: Vec<Outcome> = (0..n).map(|i| if bits >> i & 1 == 1 { FAIL } else { OK }).collect();
+            let outcomes: Vec<CallOutcome> = (0..n).map(|i| if bits >> i & 1 == 1 { FAIL } else { OK }).collect();
             calls(&mut state, &c, &outcomes, T0);
             let mut after = state.clone();
             let (admission, t) = after.admit(&c, T0);

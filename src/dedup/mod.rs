@@ -5,6 +5,8 @@
 //! * [`Store`] is a fixed set of buckets in shared data, each a small list of entries changed by
 //!   compare-and-swap; its layout bounds memory by configuration (see [`Layout`]).
 
+pub mod shared;
+pub mod stage;
 pub mod store;
 #[cfg(test)]
 mod tests;
@@ -22,7 +24,7 @@ pub const MAX_BODY_FINGERPRINT: usize = 64 * 1024;
 
 /// `meshguard_dedup_total{outcome}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum DedupOutcome {
     First,
     Duplicate,
     InFlight,
@@ -33,28 +35,28 @@ pub enum Outcome {
     Generated,
 }
 
-impl Outcome {
-    pub const ALL: [Outcome; 8] = [
-        Outcome::First,
-        Outcome::Duplicate,
-        Outcome::InFlight,
-        Outcome::Released,
-        Outcome::Missing,
-        Outcome::Invalid,
-        Outcome::Mismatch,
-        Outcome::Generated,
+impl DedupOutcome {
+    pub const ALL: [DedupOutcome; 8] = [
+        DedupOutcome::First,
+        DedupOutcome::Duplicate,
+        DedupOutcome::InFlight,
+        DedupOutcome::Released,
+        DedupOutcome::Missing,
+        DedupOutcome::Invalid,
+        DedupOutcome::Mismatch,
+        DedupOutcome::Generated,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::First => "first",
-            Outcome::Duplicate => "duplicate",
-            Outcome::InFlight => "in_flight",
-            Outcome::Released => "released",
-            Outcome::Missing => "missing",
-            Outcome::Invalid => "invalid",
-            Outcome::Mismatch => "mismatch",
-            Outcome::Generated => "generated",
+            DedupOutcome::First => "first",
+            DedupOutcome::Duplicate => "duplicate",
+            DedupOutcome::InFlight => "in_flight",
+            DedupOutcome::Released => "released",
+            DedupOutcome::Missing => "missing",
+            DedupOutcome::Invalid => "invalid",
+            DedupOutcome::Mismatch => "mismatch",
+            DedupOutcome::Generated => "generated",
         }
     }
 }
@@ -69,6 +71,14 @@ pub enum Key {
     /// The key (`ce-source` and `ce-id` joined by a space for CloudEvents) and the header's value
     /// as it goes into logs.
     Valid { key: Vec<u8>, event_id: String },
+}
+
+/// Which request owns an entry while it is in flight: random, so that no other request can
+/// complete or release it; never 0.
+pub fn nonce(entropy: &mut impl crate::ids::Entropy) -> u32 {
+    let mut bytes = [0u8; 4];
+    entropy.fill(&mut bytes);
+    u32::from_le_bytes(bytes) | 1
 }
 
 /// The key of a request by the configured header list.

@@ -114,7 +114,7 @@ pub enum Check {
 
 /// Entries that came and went in a change, for `meshguard_dedup_entries` and `_evictions_total`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Effects {
+pub struct EntryChanges {
     pub added: u32,
     /// Expired entries removed.
     pub reclaimed: u32,
@@ -140,8 +140,8 @@ impl Bucket {
         nonce: u32,
         now: u64,
         in_flight_ttl: u64,
-    ) -> (Check, Effects) {
-        let mut fx = Effects::default();
+    ) -> (Check, EntryChanges) {
+        let mut fx = EntryChanges::default();
         if let Some(e) = self.entries.iter().find(|e| e.id == id && e.expires > now) {
             let check = if e.fingerprint != fingerprint {
                 Check::Mismatch
@@ -197,10 +197,10 @@ impl Bucket {
     }
 
     /// Removes the request's in-flight entry, so that a redelivery is processed again.
-    pub fn release(&mut self, id: u128, nonce: u32) -> Effects {
+    pub fn release(&mut self, id: u128, nonce: u32) -> EntryChanges {
         let before = self.entries.len();
         self.entries.retain(|e| !(e.id == id && e.nonce == nonce && e.phase == Phase::InFlight));
-        Effects { released: (before - self.entries.len()) as u32, ..Effects::default() }
+        EntryChanges { released: (before - self.entries.len()) as u32, ..EntryChanges::default() }
     }
 
     pub fn encode(&self) -> Vec<u8> {

@@ -1,7 +1,7 @@
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
-use super::store::{Bucket, Check, Effects};
+use super::store::{Bucket, Check, EntryChanges};
 use super::*;
 
 const S: u64 = 1_000_000_000;
@@ -116,7 +116,7 @@ fn in_flight_entries_expire_after_in_flight_ttl_and_release_removes_them() {
     assert_eq!(b.check(&l, 7, 1, 3, T0 + 60 * S, 60 * S).0, Check::First, "the vanished request's key expired");
     // The old owner can neither complete nor release the new request's entry.
     assert!(!b.complete(7, 1, 200, T0 + 61 * S, S));
-    assert_eq!(b.release(7, 1), Effects::default());
+    assert_eq!(b.release(7, 1), EntryChanges::default());
     assert_eq!(b.release(7, 3).released, 1);
     assert_eq!(b.check(&l, 7, 1, 4, T0 + 61 * S, 60 * S).0, Check::First);
 }

@@ -4,6 +4,7 @@
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use super::*;
+use crate::config::LogLevel;
 use crate::ids::TestEntropy;
 
 use crate::testing::FakeHost;
@@ -366,7 +367,7 @@ fn circuit_opens_rejects_locally_then_probes_and_closes() {
     // Open: a local reply, no upstream.
     host.advance(3 * SECOND);
     assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Stop);
-    let crate::testing::LocalReply { status, headers, body } = host.local_replies[0].clone();
+    let crate::testing::LocalReply { status, headers, body, .. } = host.local_replies[0].clone();
     assert_eq!(status, 503);
     let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| String::from_utf8(v.clone()).unwrap());
     assert_eq!(header("retry-after").as_deref(), Some("7"));

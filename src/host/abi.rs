@@ -94,7 +94,14 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<bool, Status
 }
 
 /// Answers the request locally; `headers` in proxy-wasm's serialised map form.
-pub fn send_local_response(status: u32, details: &str, headers: &[u8], body: &[u8]) -> Result<(), Status> {
+/// `grpc_status` -1: none (an HTTP reply).
+pub fn send_local_response(
+    status: u32,
+    details: &str,
+    headers: &[u8],
+    body: &[u8],
+    grpc_status: i32,
+) -> Result<(), Status> {
     // SAFETY: all buffers are valid for their lengths during the call; the host copies them.
     let status = unsafe {
         proxy_send_local_response(
@@ -105,7 +112,7 @@ pub fn send_local_response(status: u32, details: &str, headers: &[u8], body: &[u
             body.len(),
             headers.as_ptr(),
             headers.len(),
-            -1,
+            grpc_status,
         )
     };
     match status {

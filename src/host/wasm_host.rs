@@ -7,6 +7,7 @@ use super::abi;
 use crate::config::LogLevel;
 use crate::filter::{Host, HostError, MetricId};
 use crate::headers::HeaderMap;
+use crate::reply::Reply;
 
 /// Host calls for the current stream (proxy-wasm sets the effective context before each callback).
 pub struct WasmHost;
@@ -60,9 +61,17 @@ impl Host for WasmHost {
         abi::set_shared_data(key, value, cas).map_err(|_| HostError("cannot write shared data"))
     }
 
-    fn send_local_reply(&mut self, status: u32, headers: &HeaderMap, body: &[u8]) -> Result<(), HostError> {
-        abi::send_local_response(status, "meshguard_local_reply", headers.serialized(), body)
-            .map_err(|_| HostError("cannot send local reply"))
+    fn send_local_reply(&mut self, reply: &Reply) -> Result<(), HostError> {
+        // A gRPC status makes Envoy answer a gRPC request with a trailers-only gRPC response.
+        let grpc_status = reply.grpc_status.and_then(|s| i32::try_from(s).ok()).unwrap_or(-1);
+        abi::send_local_response(
+            reply.status,
+            "meshguard_local_reply",
+            reply.headers.serialized(),
+            &reply.body,
+            grpc_status,
+        )
+        .map_err(|_| HostError("cannot send local reply"))
     }
 
     fn request_body(&mut self, max: usize) -> Option<Vec<u8>> {
