@@ -133,6 +133,11 @@ impl Plugin {
         Ok(())
     }
 
+    /// The dedup store's layout, when a rule deduplicates.
+    pub fn dedup_layout(&self) -> Option<Layout> {
+        self.dedup_store.as_ref().map(|(layout, _)| *layout)
+    }
+
     fn rule_name(&self, rule: usize) -> &str {
         &self.config.rule(Some(rule).filter(|r| *r < self.config.rules.len())).name
     }

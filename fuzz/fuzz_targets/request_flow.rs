@@ -245,7 +245,7 @@ fuzz_target!(|data: &[u8]| {
     for n in 0..repeats {
         deliver(&plugin, &mut world, &headers, &mut b, u64::from(n));
         // Every delivery settled the key it held: nothing is left in flight.
-        if let Some(layout) = plugin.dedup_layout {
+        if let Some(layout) = plugin.dedup_layout() {
             for (key, (value, _)) in &world.shared {
                 if key.contains("/dedup/") {
                     let bucket = Bucket::decode(value, &layout).expect("meshguard writes buckets that decode");
