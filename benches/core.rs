@@ -106,7 +106,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let mut stream = Stream::default();
             stream.on_request_headers(&plugin, &mut host, &mut entropy);
-            stream.on_response_headers(&plugin, &mut host);
+            stream.on_response_headers(&plugin, &mut host, true);
             stream.on_log(&plugin, &mut host);
         })
     });
@@ -125,7 +125,7 @@ fn benches(c: &mut Criterion) {
                 NullHost(request_headers(&[("x-event-id", id.as_bytes())]), host_shared.take().unwrap_or_default());
             let mut stream = Stream::default();
             stream.on_request_headers(&plugin, &mut host, &mut entropy);
-            stream.on_response_headers(&plugin, &mut host);
+            stream.on_response_headers(&plugin, &mut host, true);
             stream.on_log(&plugin, &mut host);
             host_shared = Some(host.1);
         })
@@ -259,6 +259,9 @@ impl Host for NullHost {
     fn log(&mut self, _: config::LogLevel, _: &str) {}
     fn response_header(&mut self, _: &str) -> Option<Vec<u8>> {
         Some(b"200".to_vec())
+    }
+    fn response_trailer(&mut self, _: &str) -> Option<Vec<u8>> {
+        None
     }
     fn now(&mut self) -> u64 {
         0

@@ -23,8 +23,10 @@ pub use effects::Effects;
 pub use host::{cas_update, int, Host, HostError, MetricId, MetricKind, MAX_CAS_ATTEMPTS};
 
 use crate::breaker::stage::{CircuitRule, CircuitStage};
+use crate::breaker::Ending;
 use crate::breaker::{self, Snapshot};
 use crate::config::Config;
+use crate::config::TraceMode;
 use crate::correlation::stage::CorrelationStage;
 use crate::dedup::stage::{DedupRule, DedupStage};
 use crate::dedup::store::{Bucket, BucketKeys};
@@ -34,7 +36,7 @@ use crate::ids::Entropy;
 use crate::logline::RequestLog;
 use crate::reply::{self, Addressee, Refusal, Reply};
 use crate::rules::{self, Facts};
-use crate::trace::stage::{rewritten_by_tracer, TraceStage};
+use crate::trace::stage::{rewritten_by_tracer, EnvoyTracer, TraceStage};
 
 /// What the shell does with the request after a callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +75,8 @@ pub struct Plugin {
     /// The first traced stream of this worker has checked whether an Envoy tracer rewrote the
     /// trace headers after meshguard (see [`Stream::on_log`]).
     tracer_checked: Cell<bool>,
+    /// What this worker learned of Envoy's tracer (`trace.mode: "auto"`).
+    tracer: Cell<EnvoyTracer>,
 }
 
 impl Plugin {
@@ -97,6 +101,7 @@ impl Plugin {
             circuit_copies,
             dedup_store,
             tracer_checked: Cell::new(false),
+            tracer: Cell::new(EnvoyTracer::default()),
         }
     }
 
@@ -180,6 +185,9 @@ pub struct Stream {
     dedup: DedupStage,
     /// A gRPC request: replies and outcomes take the gRPC shape.
     grpc: bool,
+    /// The response's status and when its headers came, while the outcome waits for a gRPC
+    /// status (trailers, or the end of the stream).
+    response: Option<(Option<u32>, u64)>,
     /// meshguard answered this request itself: its response is no outcome.
     replied: bool,
     /// A reply decided before the request body ended, sent when it has (the rest of the body is
@@ -211,7 +219,9 @@ impl Stream {
         fx.count(plugin.metrics.requests(self.rule));
         fx.state(state::RULE, plugin.rule_name(self.rule).as_bytes());
 
-        let trace_id = self.trace.on_request_headers(&headers, &config.trace, entropy, &plugin.metrics, &mut fx);
+        let tracer = plugin.tracer.get();
+        let trace_id =
+            self.trace.on_request_headers(&headers, &config.trace, tracer, entropy, &plugin.metrics, &mut fx);
         let id = self.correlation.on_request_headers(
             &headers,
             &config.correlation,
@@ -279,7 +289,9 @@ impl Stream {
         Verdict::Stop
     }
 
-    pub fn on_response_headers(&mut self, plugin: &Plugin, host: &mut impl Host) {
+    /// The response headers: the outcome of the call when they tell it (an HTTP status; a gRPC
+    /// trailers-only response), the correlation echo and the trace response.
+    pub fn on_response_headers(&mut self, plugin: &Plugin, host: &mut impl Host, end_of_stream: bool) {
         // An answer before the body decided the key (the upstream's, or Envoy's, e.g. a timeout):
         // the request was never checked, and no reply of ours can follow this one. Likewise a
         // reply waiting for the end of the body: the answer to a request the upstream never got
@@ -287,17 +299,49 @@ impl Stream {
         self.dedup.on_early_answer();
         self.waiting_reply = None;
         let mut fx = Effects::default();
-        if !self.replied && (self.circuit.awaits_outcome() || self.dedup.holds_key()) {
+        if self.awaits_outcome() {
             // A response without a readable status is Envoy's own doing: counted like a reset.
             let status = host.response_header(":status").and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
-            self.outcome(plugin, host, status, &mut fx);
+            let grpc_ok = self.grpc && status == Some(200);
+            let grpc_status = if grpc_ok { grpc_status(host.response_header("grpc-status")) } else { None };
+            if grpc_ok && grpc_status.is_none() && !end_of_stream {
+                // The status comes in the trailers (or the stream ends without one).
+                self.response = Some((status, host.now()));
+            } else {
+                let end = Ending { status, grpc: self.grpc, grpc_status };
+                self.outcome(plugin, host, &end, None, &mut fx);
+            }
         }
         // No id: the request never reached this filter (e.g. Envoy rejected it first).
         if self.correlation.id().is_none() {
             return;
         }
+        if !self.replied && plugin.config.trace.mode == TraceMode::Auto {
+            if let tracer @ EnvoyTracer::Unknown(_) = plugin.tracer.get() {
+                let learned = self.trace.learn_tracer(tracer, &host.request_headers(), &mut fx);
+                if learned == EnvoyTracer::Present {
+                    fx.log(
+                        crate::config::LogLevel::Info,
+                        "meshguard: Envoy's tracer writes the trace headers; trace.mode \"auto\" follows it"
+                            .to_string(),
+                    );
+                }
+                plugin.tracer.set(learned);
+            }
+        }
         self.correlation.on_response_headers(&plugin.config.correlation, &mut fx);
         self.trace.on_response_headers(&plugin.config.trace, &mut fx);
+        self.apply(plugin, host, fx, None);
+    }
+
+    /// The response trailers: a gRPC call's status.
+    pub fn on_response_trailers(&mut self, plugin: &Plugin, host: &mut impl Host) {
+        let Some((status, at)) = self.response.take().filter(|_| self.awaits_outcome()) else {
+            return;
+        };
+        let end = Ending { status, grpc: self.grpc, grpc_status: grpc_status(host.response_trailer("grpc-status")) };
+        let mut fx = Effects::default();
+        self.outcome(plugin, host, &end, Some(at), &mut fx);
         self.apply(plugin, host, fx, None);
     }
 
@@ -305,18 +349,21 @@ impl Stream {
     pub fn on_log(&mut self, plugin: &Plugin, host: &mut impl Host) {
         let config = &plugin.config;
         let mut fx = Effects::default();
-        if !self.replied {
-            // The stream ended without response headers (reset, downstream gone).
-            self.outcome(plugin, host, None, &mut fx);
+        if self.awaits_outcome() {
+            // The stream ended without response headers (reset, caller gone), or a gRPC call
+            // without a status.
+            let (status, at) = self.response.take().map_or((None, None), |(s, at)| (s, Some(at)));
+            let end = Ending { status, grpc: self.grpc, grpc_status: None };
+            self.outcome(plugin, host, &end, at, &mut fx);
         }
         if let Some(ours) = self.trace.context().filter(|_| !plugin.tracer_checked.replace(true)) {
             // Once per worker: checking every request would cost a header read each; one is
             // enough to tell the operator.
-            if rewritten_by_tracer(&ours, &host.request_headers()) {
+            if config.trace.mode != TraceMode::Auto && rewritten_by_tracer(&ours, &host.request_headers()) {
                 fx.log(
                     crate::config::LogLevel::Warn,
                     "meshguard: an Envoy tracer rewrote the trace headers after meshguard (two traces per \
-                     request); set trace.mode to \"defer\" when Envoy tracing is on"
+                     request); set trace.mode to \"auto\" or \"defer\" when Envoy tracing is on"
                         .to_string(),
                 );
             }
@@ -328,15 +375,27 @@ impl Stream {
         self.apply(plugin, host, fx, None);
     }
 
-    /// The outcome of a call that went upstream (`status` `None`: no response): the circuit
-    /// records it, dedup settles the key.
-    fn outcome(&mut self, plugin: &Plugin, host: &mut impl Host, status: Option<u32>, fx: &mut Effects) {
+    /// A call went upstream and its outcome is still to be taken.
+    fn awaits_outcome(&self) -> bool {
+        !self.replied && (self.circuit.awaits_outcome() || self.dedup.holds_key())
+    }
+
+    /// The outcome of a call that went upstream, once known: the circuit records it, dedup
+    /// settles the key. `responded_at`: when the response headers came, if the outcome waited.
+    fn outcome(
+        &mut self,
+        plugin: &Plugin,
+        host: &mut impl Host,
+        end: &Ending,
+        responded_at: Option<u64>,
+        fx: &mut Effects,
+    ) {
         let id = self.correlation.id().unwrap_or_default();
         if let Some(rule) = plugin.circuit(self.rule) {
-            self.circuit.on_outcome(&rule, host, status, id, fx);
+            self.circuit.on_outcome(&rule, host, end, responded_at, id, fx);
         }
         if let Some(rule) = plugin.dedup(self.rule) {
-            self.dedup.on_outcome(&rule, host, status, fx);
+            self.dedup.on_outcome(&rule, host, end, fx);
         }
     }
 
@@ -344,7 +403,7 @@ impl Stream {
     fn request_line(&self, plugin: &Plugin, host: &mut impl Host, correlation_id: &str) -> String {
         let config = &plugin.config;
         let headers = host.request_headers();
-        let context = self.trace.logged_context(&config.trace, &headers);
+        let context = self.trace.logged_context(&headers);
         let trace_id = context.map(|c| c.trace_id_hex());
         let span_id = context.map(|c| c.span_id_hex());
         let route_name = host.property(&["xds", "route_name"]);
@@ -409,6 +468,13 @@ impl Stream {
             &format!("meshguard: internal error: {} (correlation_id={id})", error.0),
         );
     }
+}
+
+/// A `grpc-status` value; one that is present but not a number is UNKNOWN (2), as gRPC clients
+/// read it.
+fn grpc_status(value: Option<Vec<u8>>) -> Option<u32> {
+    let value = value?;
+    Some(std::str::from_utf8(&value).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(2))
 }
 
 /// Request facts for rule matching: headers from the map read once, properties from the host on

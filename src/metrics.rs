@@ -28,6 +28,7 @@ pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "meshguard_circuit_transitions_total
 pub const CIRCUIT_REJECTED_TOTAL: &str = "meshguard_circuit_rejected_total";
 pub const CIRCUIT_FAILURES_TOTAL: &str = "meshguard_circuit_failures_total";
 pub const CIRCUIT_SLOW_TOTAL: &str = "meshguard_circuit_slow_total";
+pub const CIRCUIT_NEUTRAL_TOTAL: &str = "meshguard_circuit_neutral_total";
 /// Internal, not part of the dashboard: a per-rule change counter (a gauge, so that its liveness
 /// can be checked by moving it up and back down) that lets each worker trust its copy of the
 /// circuit (`breaker::snapshot`).
@@ -118,6 +119,8 @@ pub struct CircuitMetrics {
     pub rejected: Option<MetricId>,
     pub failures: Option<MetricId>,
     pub slow: Option<MetricId>,
+    /// Calls that count neither way: ignored status, abandoned by the caller, gRPC CANCELLED.
+    pub neutral: Option<MetricId>,
     /// `meshguard_circuit_epoch{rule}`: moved after every swap that records a failure or slow
     /// call; the workers' copies of the circuit are valid while it stands still
     /// (`breaker::snapshot`, `breaker::shared`).
@@ -135,12 +138,13 @@ impl CircuitMetrics {
         let rejected = counter(CIRCUIT_REJECTED_TOTAL);
         let failures = counter(CIRCUIT_FAILURES_TOTAL);
         let slow = counter(CIRCUIT_SLOW_TOTAL);
+        let neutral = counter(CIRCUIT_NEUTRAL_TOTAL);
         let transitions = Phase::ALL.map(|to| {
             define(MetricKind::Counter, &name(CIRCUIT_TRANSITIONS_TOTAL, &[("rule", rule), ("to", to.as_str())]))
         });
         let state = define(MetricKind::Gauge, &name(CIRCUIT_STATE, &r));
         let epoch = define(MetricKind::Gauge, &name(CIRCUIT_EPOCH, &r));
-        CircuitMetrics { state, transitions, rejected, failures, slow, epoch, epoch_live: Cell::new(false) }
+        CircuitMetrics { state, transitions, rejected, failures, slow, neutral, epoch, epoch_live: Cell::new(false) }
     }
 
     pub fn transition(&self, to: Phase) -> Option<MetricId> {

@@ -200,6 +200,7 @@ pub struct FakeHost {
     pub label: u8,
     pub request: Vec<(String, Vec<u8>)>,
     pub response: Vec<(String, Vec<u8>)>,
+    pub trailers: Vec<(String, Vec<u8>)>,
     /// Properties by dotted path (`xds.route_name`).
     pub properties: Vec<(String, Vec<u8>)>,
     pub state: Vec<(String, Vec<u8>)>,
@@ -398,6 +399,9 @@ impl Host for FakeHost {
     }
     fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
         FakeHost::find(&self.response, name)
+    }
+    fn response_trailer(&mut self, name: &str) -> Option<Vec<u8>> {
+        FakeHost::find(&self.trailers, name)
     }
     fn now(&mut self) -> u64 {
         let mut p = self.proxy();

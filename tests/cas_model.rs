@@ -408,6 +408,9 @@ impl Host for WorkerHost {
         self.response.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
     /// The process clock; every reading moves it on by 1 ns, as a real clock would between calls.
+    fn response_trailer(&mut self, _: &str) -> Option<Vec<u8>> {
+        None
+    }
     fn now(&mut self) -> u64 {
         let mut p = self.world.lock();
         p.clock += 1;
@@ -517,7 +520,7 @@ fn run_worker(
                     // The local reply runs through the encoder path like any response.
                     let status = host.local_reply.expect("Stop without a local reply");
                     host.response = vec![(":status".into(), status.to_string().into_bytes())];
-                    stream.on_response_headers(plugin, &mut host);
+                    stream.on_response_headers(plugin, &mut host, true);
                     stream.on_log(plugin, &mut host);
                     s_seen.local_reply = Some(status);
                     s_seen.circuit = host.state("meshguard.circuit");
@@ -537,7 +540,7 @@ fn run_worker(
                 host.label = Label::Outcome { failure: status.is_none_or(|st| st >= 500) };
                 if let Some(st) = status {
                     host.response = vec![(":status".into(), st.to_string().into_bytes())];
-                    stream.on_response_headers(plugin, &mut host);
+                    stream.on_response_headers(plugin, &mut host, true);
                 }
                 stream.on_log(plugin, &mut host);
                 s_seen.circuit = host.state("meshguard.circuit");

@@ -119,6 +119,9 @@ impl Host for FuzzHost<'_> {
     fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
         self.response.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
+    fn response_trailer(&mut self, _: &str) -> Option<Vec<u8>> {
+        None
+    }
     fn now(&mut self) -> u64 {
         self.world.clock += 1;
         self.world.clock
@@ -196,7 +199,7 @@ fn deliver(plugin: &Plugin, world: &mut World, headers: &[(String, Vec<u8>)], b:
             if i == 1 && flags & 4 != 0 && !upstream_answered {
                 // The upstream answers while the body is still arriving.
                 host.response = vec![(":status".to_string(), b"408".to_vec())];
-                stream.on_response_headers(plugin, &mut host);
+                stream.on_response_headers(plugin, &mut host, true);
                 upstream_answered = true;
             }
             verdict = stream.on_request_body(plugin, &mut host, len, last);
@@ -217,10 +220,10 @@ fn deliver(plugin: &Plugin, world: &mut World, headers: &[(String, Vec<u8>)], b:
     if let Some(&local) = host.local_replies.first() {
         // The local reply passes through the encoder filters, meshguard's included.
         host.response = vec![(":status".to_string(), local.to_string().into_bytes())];
-        stream.on_response_headers(plugin, &mut host);
+        stream.on_response_headers(plugin, &mut host, true);
     } else if flags & 8 == 0 && !upstream_answered {
         host.response = vec![(":status".to_string(), status.to_string().into_bytes())];
-        stream.on_response_headers(plugin, &mut host);
+        stream.on_response_headers(plugin, &mut host, true);
     }
     stream.on_log(plugin, &mut host);
     !host.local_replies.is_empty()

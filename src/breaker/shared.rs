@@ -82,6 +82,20 @@ pub fn record(
     update(host, key, cfg, epoch, |state| ((), state.record(cfg, call.generation, call.probe, outcome, now)))
 }
 
+/// Frees the half-open slot of a probe that ended neutral (`epoch` as for [`admit`]).
+pub fn free_probe(
+    host: &mut impl Host,
+    key: &str,
+    cfg: &Breaker,
+    generation: u32,
+    epoch: Option<u64>,
+) -> Result<Updated<()>, HostError> {
+    update(host, key, cfg, epoch, |state| {
+        state.free_probe(generation);
+        ((), None)
+    })
+}
+
 /// Creates the rule's value when it does not exist yet (`on_configure`), so that the first
 /// requests of the workers swap against one value instead of racing to create it.
 /// Returns the rule's phase as found or created, for `meshguard_circuit_state`.

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 
 use super::shared::{self, Admitted};
-use super::{admit_cached, classify, Admission, Cached, Snapshot, Transition};
+use super::{admit_cached, classify, Admission, Cached, Ending, Snapshot, Transition};
 use crate::config::Breaker;
 use crate::filter::{int, state, Effects, Host};
 use crate::metrics::CircuitMetrics;
@@ -98,13 +98,16 @@ impl CircuitStage {
         refusal
     }
 
-    /// Records the outcome of the call the circuit let through: at the response headers, or at
-    /// the end of a stream that never had them (`status` `None`).
+    /// Records the outcome of the call the circuit let through, once it is known: at the
+    /// response headers, at the trailers of a gRPC call, or at the end of a stream that had
+    /// neither. `responded_at` is when the response headers came (slow calls are measured to
+    /// them), `None` without response headers.
     pub fn on_outcome(
         &mut self,
         rule: &CircuitRule,
         host: &mut impl Host,
-        status: Option<u32>,
+        end: &Ending,
+        responded_at: Option<u64>,
         correlation_id: &str,
         fx: &mut Effects,
     ) {
@@ -113,9 +116,20 @@ impl CircuitStage {
         };
         let cfg = rule.config;
         let now = host.now();
-        let outcome =
-            classify(cfg, status, || int(host.property(&["response", "flags"])), now.saturating_sub(call.start));
+        let elapsed = responded_at.unwrap_or(now).saturating_sub(call.start);
         let m = rule.metrics;
+        let Some(outcome) = classify(cfg, end, || int(host.property(&["response", "flags"])), elapsed) else {
+            fx.count(m.and_then(|m| m.neutral));
+            if call.probe {
+                // Its slot goes to another probe.
+                let epoch = m.and_then(|m| m.epoch(host));
+                match shared::free_probe(host, rule.key, cfg, call.generation, epoch) {
+                    Ok(updated) => *rule.copy.borrow_mut() = updated.copy,
+                    Err(e) => fx.fail(e),
+                }
+            }
+            return;
+        };
         let noop = rule.copy.borrow().as_ref().and_then(|s| s.noop_record(call.generation, outcome));
         let epoch = m.and_then(|m| m.epoch(host));
         if noop.is_some() && noop == epoch {

@@ -154,7 +154,10 @@ fn invalid_values_are_reported_with_their_json_path() {
         (r#"{"circuit_breaker": {"failure_status": "5xx"}}"#, "circuit_breaker.failure_status: must be an array, got a string"),
         (r#"{"circuit_breaker": {"mode": "on"}}"#, "circuit_breaker.mode: must be one of \"enforce\", \"metrics_only\", \"forced_open\", \"disabled\", got \"on\""),
         (r#"{"circuit_breaker": {"open_status": 99}}"#, "circuit_breaker.open_status: must be an integer from 200 to 599, got 99"),
-        (r#"{"circuit_breaker": {"treshold": 5}}"#, "circuit_breaker.treshold: unknown key (expected one of: failure_rate_threshold, slow_call_rate_threshold, slow_call_duration, window, minimum_calls, consecutive_failures, open_duration, max_open_duration, open_duration_multiplier, half_open_calls, failure_status, mode, open_status)"),
+        (r#"{"circuit_breaker": {"failure_grpc_status": [14, 17]}}"#, "circuit_breaker.failure_grpc_status[1]: must be a gRPC status code from 0 to 16, got 17"),
+        (r#"{"circuit_breaker": {"ignore_status": ["6xx"]}}"#, "circuit_breaker.ignore_status[0]: invalid status \"6xx\" (expected a code 100-599, a range \"500-504\" or a class \"5xx\")"),
+        (r#"{"trace": {"mode": "follow"}}"#, "trace.mode: must be one of \"auto\", \"propagate\", \"hop\", \"defer\", got \"follow\""),
+        (r#"{"circuit_breaker": {"treshold": 5}}"#, "circuit_breaker.treshold: unknown key (expected one of: failure_rate_threshold, slow_call_rate_threshold, slow_call_duration, window, minimum_calls, consecutive_failures, open_duration, max_open_duration, open_duration_multiplier, half_open_calls, failure_status, ignore_status, failure_grpc_status, mode, open_status)"),
         (r#"{"circuit_breaker": true}"#, "circuit_breaker: must be an object or \"disabled\", got a boolean"),
         (r#"{"dedup": "off"}"#, "dedup: must be an object or \"disabled\", got a string"),
         (r#"{"dedup": {"headers": []}}"#, "dedup.headers: must not be empty"),
@@ -246,7 +249,8 @@ fn limits_are_enforced() {
 
 #[test]
 fn trace_id_generator_needs_a_trace_id_meshguard_chooses() {
-    let expected = "correlation.generator: \"trace_id\" needs trace.enabled and trace.mode \"propagate\" or \"hop\"";
+    let expected =
+        "correlation.generator: \"trace_id\" needs trace.enabled and trace.mode \"auto\", \"propagate\" or \"hop\"";
     for trace in [r#"{"mode": "defer"}"#, r#"{"enabled": false}"#] {
         let json = format!(r#"{{"correlation": {{"generator": "trace_id"}}, "trace": {trace}}}"#);
         assert_eq!(errors(&json), vec![expected.to_string()]);

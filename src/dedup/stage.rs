@@ -6,6 +6,7 @@
 use super::shared::{self, Held};
 use super::store::{BucketKeys, Check};
 use super::{event_key, fingerprint, key_id, DedupOutcome, Key, Layout, MAX_BODY_FINGERPRINT};
+use crate::breaker::Ending;
 use crate::config::{Dedup, DuplicateStatus, Fingerprint, OnMissing, Scope};
 use crate::filter::{state, Effects, Host};
 use crate::headers::HeaderMap;
@@ -240,17 +241,22 @@ impl DedupStage {
         }
     }
 
-    /// The response (or its absence, `status` `None`) settles the key this request holds:
-    /// completed on a `success_status`, released otherwise.
-    pub fn on_outcome(&mut self, rule: &DedupRule, host: &mut impl Host, status: Option<u32>, fx: &mut Effects) {
+    /// The call's outcome settles the key this request holds: completed on a `success_status`
+    /// (a gRPC call only on `grpc-status` 0), released otherwise — also when the stream ended
+    /// without a response — so that a redelivery is processed again.
+    pub fn on_outcome(&mut self, rule: &DedupRule, host: &mut impl Host, end: &Ending, fx: &mut Effects) {
         let Some((held, bucket)) = self.held.take() else {
             return;
         };
         let cfg = rule.config;
         let key = rule.keys.key(bucket);
         let now = host.now();
-        let result = match status {
-            Some(s) if cfg.success_status.contains(s) => {
+        let succeeded = match (end.status, end.grpc) {
+            (Some(200), true) => end.grpc_status == Some(0),
+            (status, _) => status.is_some_and(|s| cfg.success_status.contains(s)),
+        };
+        let result = match end.status {
+            Some(s) if succeeded => {
                 shared::complete(host, &rule.layout, &key, held, s as u16, now, cfg.ttl).map(|_| ())
             }
             _ => shared::release(host, &rule.layout, &key, held).map(|changes| {

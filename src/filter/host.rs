@@ -41,6 +41,8 @@ pub trait Host {
     fn log(&mut self, level: LogLevel, message: &str);
     /// A response header (first line), e.g. `:status`.
     fn response_header(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// A response trailer (first line), e.g. `grpc-status`.
+    fn response_trailer(&mut self, name: &str) -> Option<Vec<u8>>;
     /// Nanoseconds since the epoch, from the proxy's clock.
     fn now(&mut self) -> u64;
     /// A shared-data value and its CAS token; `Ok(None)` when the key does not exist.

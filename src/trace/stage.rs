@@ -9,10 +9,32 @@ use crate::headers::HeaderMap;
 use crate::ids::Entropy;
 use crate::metrics::Metrics;
 
+/// What a worker knows about Envoy's own tracer, for `trace.mode: "auto"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnvoyTracer {
+    /// Not known yet: this many more traced responses are checked.
+    Unknown(u8),
+    /// The checked responses showed none: meshguard writes the trace headers.
+    Absent,
+    /// Envoy's tracer rewrote the trace headers after meshguard: meshguard follows it (`defer`).
+    Present,
+}
+
+impl Default for EnvoyTracer {
+    /// A tracer injects its headers into every request it traces, so a few responses tell; the
+    /// check costs one header-map read each, and none once the worker knows.
+    fn default() -> Self {
+        EnvoyTracer::Unknown(8)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct TraceStage {
-    /// The trace context the upstream received (`propagate` and `hop` modes).
+    /// The trace context the upstream received (`propagate` and `hop` modes, `auto` without an
+    /// Envoy tracer).
     context: Option<Context>,
+    /// Trace headers are Envoy's tracer's (`defer`, or `auto` with a tracer).
+    deferred: bool,
 }
 
 impl TraceStage {
@@ -20,15 +42,22 @@ impl TraceStage {
         self.context
     }
 
-    /// Decides the trace headers; returns the trace-id (hex) when meshguard knows it.
+    /// Decides the trace headers; returns the trace-id (hex) when meshguard knows it. `tracer`
+    /// is what this worker knows of Envoy's tracer (`auto` mode).
     pub fn on_request_headers(
         &mut self,
         headers: &HeaderMap,
         config: &Trace,
+        tracer: EnvoyTracer,
         entropy: &mut impl Entropy,
         metrics: &Metrics,
         fx: &mut Effects,
     ) -> Option<String> {
+        self.deferred = config.enabled
+            && (config.mode == TraceMode::Defer || config.mode == TraceMode::Auto && tracer == EnvoyTracer::Present);
+        if self.deferred {
+            return None;
+        }
         let decision = decide(headers, config, entropy)?;
         fx.count(metrics.trace(decision.outcome));
         if let Some(tp) = &decision.traceparent {
@@ -61,12 +90,32 @@ impl TraceStage {
         }
     }
 
-    /// The ids for the request's log line: meshguard's, or in `defer` mode the ones Envoy's
-    /// tracer wrote into the upstream request (`sent`).
-    pub fn logged_context(&self, config: &Trace, sent: &HeaderMap) -> Option<Context> {
+    /// `auto` mode, while the worker does not know yet whether Envoy traces: the request
+    /// headers as the upstream received them (`sent`) tell. With a tracer, the filter state is
+    /// corrected to the ids the upstream received (the access log is written after the response
+    /// headers), and the worker follows Envoy's tracer from then on. Returns what the worker
+    /// knows now.
+    pub fn learn_tracer(&self, tracer: EnvoyTracer, sent: &HeaderMap, fx: &mut Effects) -> EnvoyTracer {
+        let (EnvoyTracer::Unknown(left), Some(ours)) = (tracer, &self.context) else {
+            return tracer;
+        };
+        if !rewritten_by_tracer(ours, sent) {
+            return if left <= 1 { EnvoyTracer::Absent } else { EnvoyTracer::Unknown(left - 1) };
+        }
+        if let Some(theirs) = from_upstream_headers(sent) {
+            fx.state(state::TRACE_ID, theirs.trace_id_hex().as_bytes());
+            fx.state(state::SPAN_ID, theirs.span_id_hex().as_bytes());
+        }
+        EnvoyTracer::Present
+    }
+
+    /// The ids for the request's log line: meshguard's, or when Envoy's tracer owns the trace
+    /// headers the ones it wrote into the upstream request (`sent`).
+    pub fn logged_context(&self, sent: &HeaderMap) -> Option<Context> {
         match self.context {
-            Some(context) => Some(context),
-            None if config.enabled && config.mode == TraceMode::Defer => from_upstream_headers(sent),
+            Some(context) if !rewritten_by_tracer(&context, sent) => Some(context),
+            Some(_) => from_upstream_headers(sent),
+            None if self.deferred => from_upstream_headers(sent),
             None => None,
         }
     }

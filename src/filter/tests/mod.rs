@@ -18,7 +18,7 @@ fn run(json: &str, request: &[(&str, &[u8])]) -> (FakeHost, Stream) {
     let plugin = plugin(json, &mut host);
     let mut stream = Stream::default();
     stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(42));
-    stream.on_response_headers(&plugin, &mut host);
+    stream.on_response_headers(&plugin, &mut host, true);
     stream.on_log(&plugin, &mut host);
     (host, stream)
 }
@@ -157,7 +157,7 @@ fn failing_host_write_fails_open_counted_and_logged_once() {
     assert_eq!(host.logs().len(), 1);
     assert!(host.logs()[0].1.starts_with("meshguard: internal error: cannot set request header (correlation_id="));
     // The stream goes on: the id still reaches filter state and the response.
-    stream.on_response_headers(&plugin, &mut host);
+    stream.on_response_headers(&plugin, &mut host, true);
     assert!(host.response_header_value("x-correlation-id").is_some());
 }
 
@@ -170,12 +170,14 @@ fn all(list: &[(String, Vec<u8>)], name: &str) -> Vec<String> {
 #[test]
 fn request_headers_are_read_once_per_request() {
     let mut host = FakeHost::with_request(&[(":path", b"/h")]);
-    let plugin = plugin(r#"{"routes": [{"name": "h", "match": {"prefix": "/h", "methods": ["GET"]}}]}"#, &mut host);
+    let json =
+        r#"{"trace": {"mode": "propagate"}, "routes": [{"name": "h", "match": {"prefix": "/h", "methods": ["GET"]}}]}"#;
+    let plugin = plugin(json, &mut host);
     let mut reads = Vec::new();
     for _ in 0..3 {
         let mut stream = Stream::default();
         stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
-        stream.on_response_headers(&plugin, &mut host);
+        stream.on_response_headers(&plugin, &mut host, true);
         stream.on_log(&plugin, &mut host);
         reads.push(host.header_reads);
     }
@@ -250,7 +252,7 @@ fn traceresponse_header_and_server_timing_forms() {
     let plugin = plugin(r#"{"trace": {"traceresponse": "server-timing"}}"#, &mut host);
     let mut stream = Stream::default();
     stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
-    stream.on_response_headers(&plugin, &mut host);
+    stream.on_response_headers(&plugin, &mut host, true);
     assert_eq!(
         all(&host.response, "server-timing"),
         vec!["db;dur=53".to_string(), format!("trace;desc=\"{}\"", String::from_utf8(TP.to_vec()).unwrap())]
@@ -299,7 +301,7 @@ fn log_line_carries_the_trace_ids() {
 #[test]
 fn a_tracer_rewriting_trace_headers_is_reported_once_per_worker() {
     let mut host = FakeHost::with_request(&[("traceparent", TP)]);
-    let plugin = plugin("{}", &mut host);
+    let plugin = plugin(r#"{"trace": {"mode": "propagate"}}"#, &mut host);
     for _ in 0..3 {
         let mut stream = Stream::default();
         stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
@@ -313,7 +315,63 @@ fn a_tracer_rewriting_trace_headers_is_reported_once_per_worker() {
     assert!(warnings[0].1.contains("defer"));
 
     // Untouched headers: nothing to say.
-    let (host, _) = run("{}", &[("traceparent", TP)]);
+    let (host, _) = run(r#"{"trace": {"mode": "propagate"}}"#, &[("traceparent", TP)]);
+    assert!(host.logs().is_empty(), "{:?}", host.logs());
+}
+
+const ENVOYS: &[u8] = b"00-12345678901234567890123456789012-aaaaaaaaaaaaaaaa-01";
+
+/// `auto` (the default): the first traced response shows Envoy's tracer at work; that request's
+/// filter state gets the ids the upstream received, and the worker leaves trace headers to Envoy.
+#[test]
+fn auto_mode_follows_an_envoy_tracer_from_the_first_response() {
+    let mut host = FakeHost::with_request(&[]);
+    let plugin = plugin(r#"{"log": {"requests": true}}"#, &mut host);
+    let mut stream = Stream::default();
+    stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
+    assert_ne!(host.request_header("traceparent").as_deref(), Some(ENVOYS), "meshguard wrote its own");
+    host.rewrite_request_header("traceparent", ENVOYS);
+    stream.on_response_headers(&plugin, &mut host, true);
+    assert_eq!(host.state_str(state::TRACE_ID).as_deref(), Some("12345678901234567890123456789012"));
+    assert_eq!(host.state_str(state::SPAN_ID).as_deref(), Some("aaaaaaaaaaaaaaaa"));
+    stream.on_log(&plugin, &mut host);
+    let logs = host.logs();
+    let line: serde_json::Value = serde_json::from_str(&logs.last().unwrap().1).unwrap();
+    assert_eq!(line["trace_id"], "12345678901234567890123456789012", "the log line names the upstream's trace");
+    assert!(logs.iter().any(|(l, m)| *l == LogLevel::Info && m.contains("follows it")));
+    assert!(logs.iter().all(|(l, _)| *l != LogLevel::Warn), "{logs:?}");
+
+    // The next request: no trace header written, none in the filter state, one header read.
+    let mut host = host.next_stream();
+    let mut stream = Stream::default();
+    stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(2));
+    assert_eq!(host.request_header("traceparent"), None);
+    assert_eq!(host.state_str(state::TRACE_ID), None);
+    host.rewrite_request_header("traceparent", ENVOYS);
+    stream.on_response_headers(&plugin, &mut host, true);
+    stream.on_log(&plugin, &mut host);
+    let line: serde_json::Value = serde_json::from_str(&host.logs().last().unwrap().1).unwrap();
+    assert_eq!(line["trace_id"], "12345678901234567890123456789012");
+    assert_eq!(host.header_reads, 2, "request headers, and the log line's read");
+}
+
+/// `auto` without a tracer: meshguard writes the trace headers, checks a few responses, then
+/// stops reading the request headers back.
+#[test]
+fn auto_mode_without_a_tracer_propagates_and_stops_checking() {
+    let mut host = FakeHost::with_request(&[("traceparent", TP)]);
+    let plugin = plugin("{}", &mut host);
+    let mut reads = Vec::new();
+    for _ in 0..10 {
+        let mut stream = Stream::default();
+        stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
+        assert_eq!(host.request_header("traceparent").as_deref(), Some(TP));
+        stream.on_response_headers(&plugin, &mut host, true);
+        stream.on_log(&plugin, &mut host);
+        reads.push(host.header_reads);
+        host.header_reads = 0;
+    }
+    assert_eq!(reads, vec![2, 2, 2, 2, 2, 2, 2, 2, 1, 1]);
     assert!(host.logs().is_empty(), "{:?}", host.logs());
 }
 
@@ -332,7 +390,7 @@ fn call(plugin: &Plugin, host: &mut FakeHost, status: &str, took_ns: u64) -> Ver
     if verdict == Verdict::Continue {
         host.response.push((":status".into(), status.as_bytes().to_vec()));
     }
-    stream.on_response_headers(plugin, host);
+    stream.on_response_headers(plugin, host, true);
     stream.on_log(plugin, host);
     verdict
 }
@@ -563,7 +621,7 @@ fn a_success_after_another_workers_failure_is_recorded_not_skipped() {
     assert_eq!(pending.on_request_headers(&a, &mut host, &mut TestEntropy(7)), Verdict::Continue);
     call(&b, &mut host, "500", 0); // [f s s]
     host.response = vec![(":status".into(), b"200".to_vec())];
-    pending.on_response_headers(&a, &mut host); // replaces the oldest success, not skipped
+    pending.on_response_headers(&a, &mut host, true); // replaces the oldest success, not skipped
     call(&a, &mut host, "200", 0); // the next write replaces the failure
     call(&b, &mut host, "500", 0); // [f s s]: 1 of 3, still closed
     assert_eq!(host.counter("rule=.=default;.;to=.=open;.;meshguard_circuit_transitions_total"), 0);
@@ -641,7 +699,7 @@ fn deliver(plugin: &Plugin, host: &mut FakeHost, key: &[u8], chunks: &[&[u8]]) -
     host.advance(1);
     if verdicts.last() != Some(&Verdict::Stop) {
         host.response.push((":status".into(), b"200".to_vec()));
-        stream.on_response_headers(plugin, host);
+        stream.on_response_headers(plugin, host, true);
     }
     stream.on_log(plugin, host);
     (verdicts, stream)
@@ -707,7 +765,7 @@ fn an_answer_before_the_body_decides_leaves_the_key_unclaimed() {
     assert_eq!(stream.on_request_body(&plugin, &mut host, 100, false), Verdict::Continue);
     // The upstream (or Envoy) answers first; the rest of the body only passes.
     host.response.push((":status".into(), b"401".to_vec()));
-    stream.on_response_headers(&plugin, &mut host);
+    stream.on_response_headers(&plugin, &mut host, true);
     host.body = vec![2; 70_000];
     assert_eq!(stream.on_request_body(&plugin, &mut host, 70_000, true), Verdict::Continue);
     stream.on_log(&plugin, &mut host);
@@ -739,7 +797,7 @@ fn a_content_length_body_is_decided_on_the_chunk_that_completes_it() {
             }
         }
         host.response = vec![(":status".into(), b"200".to_vec())];
-        stream.on_response_headers(&plugin, host);
+        stream.on_response_headers(&plugin, host, true);
         stream.on_log(&plugin, host);
         verdicts
     };
@@ -784,7 +842,7 @@ fn a_deferred_dedup_answer_goes_at_once_if_the_body_cannot_be_dropped_and_never_
     let mut stream = Stream::default();
     assert_eq!(start(&mut host, &mut stream), Verdict::Continue);
     host.response = vec![(":status".into(), b"408".to_vec())];
-    stream.on_response_headers(&plugin, &mut host);
+    stream.on_response_headers(&plugin, &mut host, true);
     host.body = vec![5; 10];
     assert_eq!(stream.on_request_body(&plugin, &mut host, 10, true), Verdict::Continue);
     stream.on_log(&plugin, &mut host);
@@ -793,3 +851,5 @@ fn a_deferred_dedup_answer_goes_at_once_if_the_body_cannot_be_dropped_and_never_
     let (verdicts, _) = deliver(&plugin, &mut host, b"e-5", &[&body]);
     assert_eq!((verdicts, host.local_replies[0].status), (vec![Verdict::Continue, Verdict::Stop], 200));
 }
+
+mod outcomes;
