@@ -316,19 +316,6 @@ impl Stream {
         if self.correlation.id().is_none() {
             return;
         }
-        if !self.replied && plugin.config.trace.mode == TraceMode::Auto {
-            if let tracer @ EnvoyTracer::Unknown(_) = plugin.tracer.get() {
-                let learned = self.trace.learn_tracer(tracer, &host.request_headers(), &mut fx);
-                if learned == EnvoyTracer::Present {
-                    fx.log(
-                        crate::config::LogLevel::Info,
-                        "meshguard: Envoy's tracer writes the trace headers; trace.mode \"auto\" follows it"
-                            .to_string(),
-                    );
-                }
-                plugin.tracer.set(learned);
-            }
-        }
         self.correlation.on_response_headers(&plugin.config.correlation, &mut fx);
         self.trace.on_response_headers(&plugin.config.trace, &mut fx);
         self.apply(plugin, host, fx, None);
@@ -355,6 +342,19 @@ impl Stream {
             let (status, at) = self.response.take().map_or((None, None), |(s, at)| (s, Some(at)));
             let end = Ending { status, grpc: self.grpc, grpc_status: None };
             self.outcome(plugin, host, &end, at, &mut fx);
+        }
+        if !self.replied && config.trace.mode == TraceMode::Auto {
+            if let tracer @ EnvoyTracer::Unknown(_) = plugin.tracer.get() {
+                let learned = self.trace.learn_tracer(tracer, &host.request_headers(), &mut fx);
+                if learned == EnvoyTracer::Present {
+                    fx.log(
+                        crate::config::LogLevel::Info,
+                        "meshguard: Envoy's tracer writes the trace headers; trace.mode \"auto\" follows it"
+                            .to_string(),
+                    );
+                }
+                plugin.tracer.set(learned);
+            }
         }
         if let Some(ours) = self.trace.context().filter(|_| !plugin.tracer_checked.replace(true)) {
             // Once per worker: checking every request would cost a header read each; one is

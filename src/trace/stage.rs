@@ -35,6 +35,9 @@ pub struct TraceStage {
     context: Option<Context>,
     /// Trace headers are Envoy's tracer's (`defer`, or `auto` with a tracer).
     deferred: bool,
+    /// The request came with B3 headers (noted while `auto` learns: B3 then says nothing about
+    /// Envoy's tracer).
+    incoming_b3: bool,
 }
 
 impl TraceStage {
@@ -57,6 +60,9 @@ impl TraceStage {
             && (config.mode == TraceMode::Defer || config.mode == TraceMode::Auto && tracer == EnvoyTracer::Present);
         if self.deferred {
             return None;
+        }
+        if config.mode == TraceMode::Auto && matches!(tracer, EnvoyTracer::Unknown(_)) {
+            self.incoming_b3 = super::b3::present(headers);
         }
         let decision = decide(headers, config, entropy)?;
         fx.count(metrics.trace(decision.outcome));
@@ -99,13 +105,12 @@ impl TraceStage {
         let (EnvoyTracer::Unknown(left), Some(ours)) = (tracer, &self.context) else {
             return tracer;
         };
-        if !rewritten_by_tracer(ours, sent) {
+        let seen = tracer_context(ours, sent).filter(|theirs| !self.incoming_b3 || !same_as_b3(theirs, sent));
+        let Some(theirs) = seen else {
             return if left <= 1 { EnvoyTracer::Absent } else { EnvoyTracer::Unknown(left - 1) };
-        }
-        if let Some(theirs) = from_upstream_headers(sent) {
-            fx.state(state::TRACE_ID, theirs.trace_id_hex().as_bytes());
-            fx.state(state::SPAN_ID, theirs.span_id_hex().as_bytes());
-        }
+        };
+        fx.state(state::TRACE_ID, theirs.trace_id_hex().as_bytes());
+        fx.state(state::SPAN_ID, theirs.span_id_hex().as_bytes());
         EnvoyTracer::Present
     }
 
@@ -113,12 +118,35 @@ impl TraceStage {
     /// headers the ones it wrote into the upstream request (`sent`).
     pub fn logged_context(&self, sent: &HeaderMap) -> Option<Context> {
         match self.context {
-            Some(context) if !rewritten_by_tracer(&context, sent) => Some(context),
-            Some(_) => from_upstream_headers(sent),
+            Some(ours) => Some(tracer_context(&ours, sent).unwrap_or(ours)),
             None if self.deferred => from_upstream_headers(sent),
             None => None,
         }
     }
+}
+
+/// The trace an Envoy tracer gave the upstream beside or instead of meshguard's (`ours`): a
+/// `traceparent` other than ours (OpenTelemetry overwrites it), or B3 ids of another trace
+/// (Zipkin adds them). `None` when the upstream received meshguard's trace alone.
+pub fn tracer_context(ours: &Context, sent: &HeaderMap) -> Option<Context> {
+    let mut lines = sent.all("traceparent");
+    if let (Some(line), None) = (lines.next(), lines.next()) {
+        if let Some(parsed) = super::traceparent::parse(line) {
+            let theirs = parsed.context;
+            if theirs.trace_id != ours.trace_id || theirs.parent_id != ours.parent_id {
+                return Some(theirs);
+            }
+        }
+    }
+    let b3 = super::b3::B3::read(sent);
+    let (trace_id, parent_id) = b3.ids?;
+    let sampled = if b3.sampled == Some(true) { super::SAMPLED } else { 0 };
+    (trace_id != ours.trace_id).then_some(Context { trace_id, parent_id, flags: sampled })
+}
+
+/// `theirs` came from B3 headers (which the request may have carried in already).
+fn same_as_b3(theirs: &Context, sent: &HeaderMap) -> bool {
+    super::b3::B3::read(sent).ids.is_some_and(|(trace_id, _)| trace_id == theirs.trace_id)
 }
 
 /// The request headers as the upstream received them (`sent`) no longer carry meshguard's trace:
