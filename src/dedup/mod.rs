@@ -5,6 +5,7 @@
 //! * [`Store`] is a fixed set of buckets in shared data, each a small list of entries changed by
 //!   compare-and-swap; its layout bounds memory by configuration (see [`Layout`]).
 
+pub mod body_key;
 pub mod shared;
 pub mod stage;
 pub mod store;
