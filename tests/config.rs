@@ -10,6 +10,7 @@ use support::upstream::Upstream;
 
 #[test]
 fn invalid_configuration_is_refused_with_all_errors_in_one_line() {
+    support::require_envoy!();
     let config = r#"{"trace": {"sample_ratio": 2},
                      "routes": [{"name": "a", "circuit_breaker": {"window": {"size": 0}}}, {"name": "a"}],
                      "dedup": {"ttl": "10x"}}"#;
@@ -34,12 +35,14 @@ fn invalid_configuration_is_refused_with_all_errors_in_one_line() {
 
 #[test]
 fn malformed_json_is_refused() {
+    support::require_envoy!();
     let log = Envoy::try_start(Options::new(r#"{"log": {"requests": tru"#, 1)).err().expect("refused");
     assert!(log.contains("meshguard: invalid configuration: $: not valid JSON: "), "{log}");
 }
 
 #[test]
 fn spec_example_configuration_is_accepted() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/spec-example.json")).unwrap();
     let envoy = Envoy::start(&config, upstream.port);
@@ -51,6 +54,7 @@ fn spec_example_configuration_is_accepted() {
 
 #[test]
 fn shipped_demo_configuration_is_accepted() {
+    support::require_envoy!();
     // The plugin configuration inside envoy/envoy.yaml, as the run command starts it.
     let upstream = Upstream::start();
     let bootstrap = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/envoy/envoy.yaml")).unwrap();
@@ -67,6 +71,7 @@ fn shipped_demo_configuration_is_accepted() {
 
 #[test]
 fn no_configuration_means_defaults() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start("", upstream.port);
     let response = send(envoy.port, &Request::get("/")).unwrap();

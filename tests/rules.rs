@@ -24,6 +24,7 @@ fn rule_of(envoy: &Envoy, request: Request) -> String {
 
 #[test]
 fn each_match_field_selects_its_rule() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(RULES, upstream.port);
     let cases = [

@@ -128,6 +128,7 @@ impl Mesh {
 
 #[test]
 fn w3c_trace_context_suite_strict_level_2_in_the_mesh_shape() {
+    support::require_envoy!();
     let m = Mesh::start();
 
     // ---- TraceContextTest: traceparent ----
