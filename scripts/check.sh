@@ -19,6 +19,6 @@ step "core unit tests on the host"
 cargo test --quiet --lib
 
 step "core unit tests inside wasm (wasm-bindgen-test under Node)"
-cargo test --quiet --lib --target wasm32-unknown-unknown
+cargo test --lib --target wasm32-unknown-unknown
 
 step "check passed"
