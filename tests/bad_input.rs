@@ -1,4 +1,4 @@
-//! SPEC "Failure and bad input" in a real Envoy: no header value (non-UTF-8, very long, many
+//! docs/behaviour.md "Failure and bad input" in a real Envoy: no header value (non-UTF-8, very long, many
 //! headers) crashes the VM, and the next request on the same worker is served normally.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 

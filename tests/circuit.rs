@@ -1,4 +1,4 @@
-//! SPEC §1 in a real Envoy with two workers: an upstream that fails on demand, one that is down,
+//! Circuit breaking (docs/behaviour.md) in a real Envoy with two workers: an upstream that fails on demand, one that is down,
 //! a slow one, two rules side by side, and parallel clients over both workers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 

@@ -1,5 +1,6 @@
-//! SPEC "Configuration" in a real Envoy: a wrong configuration is refused with every error and
-//! its JSON path in one log line; the SPEC's own example is accepted.
+//! Configuration (docs/behaviour.md) in a real Envoy: a wrong configuration is refused with every
+//! error and its JSON path in one log line; the example of every key (tests/data/spec-example.json)
+//! and the demo configuration of envoy/envoy.yaml are accepted.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod support;

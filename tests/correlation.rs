@@ -1,4 +1,4 @@
-//! SPEC §4 in a real Envoy: the correlation id reaches the upstream, comes back downstream
+//! Correlation ids (docs/behaviour.md) in a real Envoy: the correlation id reaches the upstream, comes back downstream
 //! (local replies included), lands in the access log through filter state, and in meshguard's
 //! own JSON line when `log.requests` is on.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]

@@ -1,4 +1,4 @@
-//! SPEC §2 in a real Envoy with two workers: replay, release on failure, in-flight, the race of
+//! Event-id dedup (docs/behaviour.md) in a real Envoy with two workers: replay, release on failure, in-flight, the race of
 //! one key over both workers, every `on_missing` mode, invalid keys, fingerprints, the bound.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 

@@ -1,4 +1,4 @@
-//! SPEC "Rules" in a real Envoy: each match field reads what Envoy knows at request time
+//! Rules (docs/behaviour.md) in a real Envoy: each match field reads what Envoy knows at request time
 //! (`xds.route_name`, `xds.cluster_name`, `:authority` without port, `:path`, `:method`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 

@@ -1,4 +1,4 @@
-//! SPEC "Stats" in a real Envoy: meshguard's counters in /stats/prometheus with the rule (and
+//! Stats (docs/behaviour.md) in a real Envoy: meshguard's counters in /stats/prometheus with the rule (and
 //! outcome) as Prometheus labels, through the tag extraction of the shipped bootstrap.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 

@@ -1,4 +1,4 @@
-//! SPEC §3 in a real Envoy without a tracer: what the upstream receives, what the client gets
+//! Trace context (docs/behaviour.md) in a real Envoy without a tracer: what the upstream receives, what the client gets
 //! back, what the access log and the stats say.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 

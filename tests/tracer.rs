@@ -1,4 +1,4 @@
-//! SPEC §3 "Coexistence with Envoy's own tracer", in a real Envoy with its OpenTelemetry (W3C) and
+//! docs/behaviour.md "With Envoy's own tracer", in a real Envoy with its OpenTelemetry (W3C) and
 //! Zipkin (B3) tracers. Envoy starts its span before meshguard runs and writes its headers at the
 //! router, after meshguard. These tests pin down what each setup does, and that `mode: "defer"`
 //! never logs a trace-id other than the one the upstream received.
@@ -65,7 +65,7 @@ fn own_line(envoy: &Envoy, correlation_id: &str) -> serde_json::Value {
 #[test]
 fn otel_tracer_overwrites_traceparent_in_propagate_mode() {
     support::require_envoy!();
-    // The setup SPEC §3 warns about: meshguard starts a trace, Envoy's router replaces it.
+    // The setup docs/behaviour.md warns about: meshguard starts a trace, Envoy's router replaces it.
     let upstream = Upstream::start();
     let envoy = start(OTEL, "{}", &upstream);
     let response = send(envoy.port, &Request::get("/")).unwrap();
