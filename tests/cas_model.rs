@@ -1,6 +1,6 @@
 //! The shared-data compare-and-swap protocols of the circuit breaker and the dedup store under
-//! interleavings of several Envoy workers (SPEC "Where it runs": `--concurrency N` must behave like
-//! `--concurrency 1`).
+//! interleavings of several Envoy workers (docs/behaviour.md "Where it runs": `--concurrency N` must behave
+//! like `--concurrency 1`).
 //!
 //! Each "worker" is its own [`Plugin`] (Envoy runs one VM per worker) driving streams through the
 //! public flow (`on_request_headers`, `on_response_headers`, `on_log`) against one process, the

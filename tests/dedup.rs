@@ -1,4 +1,4 @@
-//! SPEC §2 in a real Envoy with two workers: replay, release on failure, in-flight, the race of
+//! Event-id dedup (docs/behaviour.md) in a real Envoy with two workers: replay, release on failure, in-flight, the race of
 //! one key over both workers, every `on_missing` mode, invalid keys, fingerprints, the bound.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -18,6 +18,7 @@ fn post(path: &str, event_id: &str) -> Request {
 
 #[test]
 fn a_completed_event_is_replayed_locally_with_its_original_status() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(r#"{"dedup": {}}"#, upstream.port);
     let first = send(envoy.port, &post("/charge?status=201", "e-1").header("x-correlation-id", "c-first")).unwrap();
@@ -43,6 +44,7 @@ fn a_completed_event_is_replayed_locally_with_its_original_status() {
 
 #[test]
 fn a_failed_first_processing_releases_the_key() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(r#"{"dedup": {}}"#, upstream.port);
     assert_eq!(send(envoy.port, &post("/charge?status=500", "e-9")).unwrap().status, 500);
@@ -60,6 +62,7 @@ fn a_failed_first_processing_releases_the_key() {
 
 #[test]
 fn one_key_racing_over_two_workers_reaches_the_service_once() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Arc::new(Envoy::start(r#"{"dedup": {}}"#, upstream.port));
     let handles: Vec<_> = (0..8)
@@ -83,6 +86,7 @@ fn one_key_racing_over_two_workers_reaches_the_service_once() {
 
 #[test]
 fn missing_keys_pass_reject_or_get_stamped() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(r#"{"dedup": {}}"#, upstream.port);
     assert_eq!(send(envoy.port, &Request::post("/e").header("content-length", "0")).unwrap().status, 200);
@@ -110,6 +114,7 @@ fn missing_keys_pass_reject_or_get_stamped() {
 
 #[test]
 fn invalid_keys_get_400_with_a_json_error() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(r#"{"dedup": {}}"#, upstream.port);
     for value in [&b"has space"[..], &[b'k'; 256], b"caf\xe9"] {
@@ -130,6 +135,7 @@ fn invalid_keys_get_400_with_a_json_error() {
 
 #[test]
 fn fingerprints_refuse_a_reused_key_with_another_request() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(r#"{"dedup": {"fingerprint": "method_path"}}"#, upstream.port);
     assert_eq!(send(envoy.port, &post("/orders/1", "f-1")).unwrap().status, 200);
@@ -194,6 +200,7 @@ fn fingerprints_refuse_a_reused_key_with_another_request() {
 
 #[test]
 fn a_flood_of_unique_keys_stays_inside_max_entries() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(r#"{"dedup": {"max_entries": 16}}"#, upstream.port);
     let mut conn = Conn::open(envoy.port).unwrap();
@@ -210,6 +217,7 @@ fn a_flood_of_unique_keys_stays_inside_max_entries() {
 
 #[test]
 fn a_fixed_duplicate_status_replaces_the_original() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(r#"{"dedup": {"duplicate_status": 409}}"#, upstream.port);
     assert_eq!(send(envoy.port, &post("/e?status=201", "x-1")).unwrap().status, 201);
@@ -258,6 +266,7 @@ fn h2_post(port: u16, event_id: &str, body: &[u8], content_length: bool) -> (u16
 
 #[test]
 fn http2_callers_get_the_same_answers_with_body_fingerprints() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(r#"{"dedup": {"fingerprint": "body"}}"#, upstream.port);
     let body: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
@@ -290,6 +299,7 @@ fn http2_callers_get_the_same_answers_with_body_fingerprints() {
 /// never checked nothing is claimed — its redelivery is processed, not held as in flight.
 #[test]
 fn an_upstream_answer_before_the_body_decides_leaves_the_event_unclaimed() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(r#"{"dedup": {"fingerprint": "body"}}"#, upstream.port);
     let total = 200 << 10;

@@ -131,6 +131,7 @@ fn is_uuid(id: &str) -> bool {
 
 #[test]
 fn every_istio_plugin_config_is_accepted_by_a_real_envoy() {
+    support::require_envoy!();
     let shipped = shipped_istio_configs();
     // Two sides times WasmPlugin, TrafficExtension, EnvoyFilter: an empty list would prove nothing.
     assert!(shipped.len() >= 6, "found only {} meshguard configurations in istio/", shipped.len());
@@ -179,6 +180,7 @@ fn istio_configs_leave_trace_headers_to_envoys_tracer() {
 
 #[test]
 fn outbound_istio_config_stamps_event_ids_and_meters_the_breaker_without_rejecting() {
+    support::require_envoy!();
     let config = istio_config("wasmplugin-outbound.yaml");
     let breaker = &config["circuit_breaker"];
     assert_eq!(breaker["mode"], "metrics_only", "roll-out starts in metrics_only");
@@ -225,6 +227,7 @@ fn outbound_istio_config_stamps_event_ids_and_meters_the_breaker_without_rejecti
 
 #[test]
 fn inbound_istio_config_replays_duplicates_and_refuses_events_without_id() {
+    support::require_envoy!();
     let config = istio_config("wasmplugin-inbound.yaml");
     let upstream = Upstream::start();
     let envoy = Envoy::start(&serde_json::to_string(&config).unwrap(), upstream.port);
@@ -262,6 +265,7 @@ fn inbound_istio_config_replays_duplicates_and_refuses_events_without_id() {
 
 #[test]
 fn outbound_and_inbound_bootstraps_chain_caller_to_consumer() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let inbound_config = bootstrap_config("envoy/inbound.yaml");
     let mut opts = Options::new(&inbound_config, upstream.port);
