@@ -176,16 +176,19 @@ fn auto_follows(tracer: &'static str, their_trace: impl Fn(&support::upstream::R
 
 #[test]
 fn auto_mode_follows_the_otel_tracer() {
+    support::require_envoy!();
     auto_follows(OTEL, |got| trace_id(&got.header("traceparent").unwrap()));
 }
 
 #[test]
 fn auto_mode_follows_the_zipkin_tracer() {
+    support::require_envoy!();
     auto_follows(ZIPKIN, |got| got.header("x-b3-traceid").unwrap());
 }
 
 #[test]
 fn auto_mode_without_a_tracer_writes_w3c_trace_context() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start("{}", upstream.port);
     for i in 0..12 {
