@@ -155,7 +155,7 @@ impl CircuitMetrics {
 /// `meshguard_dedup_total{rule,outcome}` ids of one rule, in the order of [`DedupOutcome::ALL`].
 #[derive(Clone, Debug, Default)]
 pub struct DedupMetrics {
-    pub outcomes: [Option<MetricId>; 8],
+    pub outcomes: [Option<MetricId>; 9],
 }
 
 impl DedupMetrics {

@@ -82,17 +82,16 @@ fn depth(v: &Value) -> usize {
     }
 }
 
-fn expected(v: &Value, pointer: &str) -> Found {
+/// What the scanner must find; `None` where serde_json cannot tell: an integer too large for
+/// 64 bits is an f64 there (its digits are lost), while it is still an integer key here.
+fn expected(v: &Value, pointer: &str) -> Option<Found> {
     let key = match v.pointer(pointer) {
         Some(Value::String(s)) => s.as_bytes().to_vec(),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string().into_bytes(),
-        _ => return Found::Missing,
+        Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => return None,
+        _ => return Some(Found::Missing),
     };
-    if key.len() > MAX_KEY_LEN {
-        Found::TooLong
-    } else {
-        Found::Value(key)
-    }
+    Some(if key.len() > MAX_KEY_LEN { Found::TooLong } else { Found::Value(key) })
 }
 
 fn run(pointers: &[Pointer], chunks: &mut dyn Iterator<Item = &[u8]>) -> Vec<Found> {
@@ -134,7 +133,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(FirstWins(value)) = serde_json::from_slice::<FirstWins>(body) {
         if depth(&value) < MAX_DEPTH {
             for (pointer, found) in chosen.iter().zip(&whole) {
-                assert_eq!(found, &expected(&value, pointer), "pointer {pointer:?}");
+                if let Some(expected) = expected(&value, pointer) {
+                    assert_eq!(found, &expected, "pointer {pointer:?}");
+                }
             }
         }
     }

@@ -147,6 +147,8 @@ pub struct Dedup {
     pub scope: Scope,
     pub max_entries: u32,
     pub mode: DedupMode,
+    /// Where a JSON body carries the key when no header does (RFC 6901).
+    pub body_key: Option<crate::dedup::body_key::Pointer>,
 }
 
 /// SPEC §2 "Modes": `metrics_only` reads, checks, stores and counts keys exactly as `enforce`
@@ -278,6 +280,7 @@ impl Default for Dedup {
             scope: Scope::Rule,
             max_entries: 100_000,
             mode: DedupMode::Enforce,
+            body_key: None,
         }
     }
 }
@@ -646,6 +649,7 @@ pub const DEDUP_KEYS: &[&str] = &[
     "scope",
     "max_entries",
     "mode",
+    "body_key",
 ];
 
 fn parse_dedup(mut d: Dedup, mut f: Fields) -> Option<Dedup> {
@@ -699,6 +703,12 @@ fn parse_dedup(mut d: Dedup, mut f: Fields) -> Option<Dedup> {
     }
     if let Some(v) = f.choice("mode", &["enforce", "metrics_only"]) {
         d.mode = if v == "metrics_only" { DedupMode::MetricsOnly } else { DedupMode::Enforce };
+    }
+    if let Some(text) = f.str("body_key") {
+        match crate::dedup::body_key::Pointer::parse(text) {
+            Ok(pointer) => d.body_key = Some(pointer),
+            Err(message) => f.error("body_key", message),
+        }
     }
     Some(d)
 }

@@ -396,7 +396,13 @@ impl Scan {
                 true
             }
             b'-' | b'0'..=b'9' => {
-                self.token = Token::Number(if b == b'-' { Num::Minus } else if b == b'0' { Num::Zero } else { Num::Int });
+                self.token = Token::Number(if b == b'-' {
+                    Num::Minus
+                } else if b == b'0' {
+                    Num::Zero
+                } else {
+                    Num::Int
+                });
                 self.keep(b);
                 true
             }
@@ -640,13 +646,30 @@ mod tests {
         let body = br#"{"s":"evt_1","i":42,"n":-7,"f":1.5,"e":1e3,"t":true,"z":null,"o":{},"a":[1]}"#;
         let got = scan(&["/s", "/i", "/n", "/f", "/e", "/t", "/z", "/o", "/a", "/absent"], body);
         let m = Found::Missing;
-        assert_eq!(got, vec![value("evt_1"), value("42"), value("-7"), m.clone(), m.clone(), m.clone(), m.clone(), m.clone(), m.clone(), m]);
+        assert_eq!(
+            got,
+            vec![
+                value("evt_1"),
+                value("42"),
+                value("-7"),
+                m.clone(),
+                m.clone(),
+                m.clone(),
+                m.clone(),
+                m.clone(),
+                m.clone(),
+                m
+            ]
+        );
     }
 
     #[test]
     fn nested_members_and_array_elements() {
         let body = br#"{"data":{"order":{"id":"o-9"},"items":[{"sku":"a"},{"sku":"b"}]},"x/y":"slash","t~":"tilde"}"#;
-        let got = scan(&["/data/order/id", "/data/items/1/sku", "/data/items/2/sku", "/x~1y", "/t~0", "/data/items/01/sku"], body);
+        let got = scan(
+            &["/data/order/id", "/data/items/1/sku", "/data/items/2/sku", "/x~1y", "/t~0", "/data/items/01/sku"],
+            body,
+        );
         assert_eq!(got, vec![value("o-9"), value("b"), Found::Missing, value("slash"), value("tilde"), Found::Missing]);
     }
 
@@ -669,7 +692,15 @@ mod tests {
 
     #[test]
     fn bodies_that_are_not_json_have_no_key() {
-        for body in [&b"eventId=1"[..], b"{\"eventId\" \"x\"}", b"{\"eventId\":x}", b"", b"{\"eventId\":\"a\x01\"}", b"{\"eventId\":\"\xff\"}", b"[1,]"] {
+        for body in [
+            &b"eventId=1"[..],
+            b"{\"eventId\" \"x\"}",
+            b"{\"eventId\":x}",
+            b"",
+            b"{\"eventId\":\"a\x01\"}",
+            b"{\"eventId\":\"\xff\"}",
+            b"[1,]",
+        ] {
             assert_eq!(scan(&["/eventId"], body), vec![Found::Missing], "{}", String::from_utf8_lossy(body));
         }
         // A truncated body (the first 64 KiB of a larger one) that never reached the member.

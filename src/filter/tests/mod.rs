@@ -853,4 +853,5 @@ fn a_deferred_dedup_answer_goes_at_once_if_the_body_cannot_be_dropped_and_never_
     assert_eq!((verdicts, host.local_replies[0].status), (vec![Verdict::Continue, Verdict::Stop], 200));
 }
 
+mod body_keys;
 mod outcomes;
