@@ -10,11 +10,17 @@
 //! `--` and a binary script read by `Bytes`:
 //! * directives: `cfg=<digit>` picks one of the configurations below (all four features; body
 //!   fingerprints; `on_missing: generate`; trace `hop` with B3; `defer` with a request-id
-//!   generator) — every parser and decision on the path is reached with hostile headers;
+//!   generator; keys in JSON bodies with gRPC and neutral outcomes; dedup `metrics_only` with
+//!   trace `auto`) — every parser and decision on the path is reached with hostile headers
+//!   (seeds carry gRPC, structured CloudEvents and JSON content types);
 //! * script: repeats (1-3), then per delivery: a flags byte (bit 0: end of stream with the
 //!   headers, bit 1: trailers end the body, bit 2: the upstream answers before the body ends,
-//!   bit 3: the stream is reset — no response), a chunk count (0-7), each chunk a length code
-//!   (× 700 bytes, so 64 KiB is crossed) and a fill byte, then the upstream's status (u16).
+//!   bit 3: the stream is reset — no response, bit 4: the body is a JSON event cut into chunks
+//!   of 7-byte units instead of filler, bit 5: the response is gRPC-shaped — headers without
+//!   the end of stream, then trailers, bit 6: with bit 5, the stream ends without trailers,
+//!   bit 7: Envoy's response flags say the caller reset the stream), a chunk count (0-7), each
+//!   chunk a length code (× 700 bytes, so 64 KiB is crossed) and a fill byte, then the
+//!   upstream's status (u16; its remainder by 17 is the gRPC status).
 //!
 //! Invariants: nothing panics; at most one local reply per delivery, and none after the
 //! upstream answered; after `Verdict::Stop` the filter is not called again with request data
@@ -32,7 +38,7 @@ use meshguard::ids::TestEntropy;
 use meshguard::testing::{self, FakeHost, Proxy, ProxyRef};
 use meshguard_fuzz::{directive, lines, Bytes, SECOND};
 
-const CONFIGS: [&str; 5] = [
+const CONFIGS: [&str; 7] = [
     r#"{"log": {"requests": true}, "dedup": {"fingerprint": "method_path", "max_entries": 64},
         "routes": [{"name": "r", "match": {"prefix": "/r"}, "circuit_breaker": {"window": {"type": "count", "size": 4},
           "minimum_calls": 2, "failure_rate_threshold": 50, "open_duration": "1s", "half_open_calls": 1}}],
@@ -42,7 +48,17 @@ const CONFIGS: [&str; 5] = [
     r#"{"trace": {"mode": "hop", "b3": "accept"}, "correlation": {"generator": "trace_id"}, "log": {"requests": true}}"#,
     r#"{"trace": {"mode": "defer"}, "correlation": {"generator": "request_id", "header": "x-request-id"},
         "dedup": {"on_missing": "reject", "headers": ["idempotency-key", "ce-id"], "max_entries": 64}, "log": {"requests": true}}"#,
+    r#"{"dedup": {"body_key": "/eventId", "on_missing": "reject", "max_entries": 64}, "log": {"requests": true},
+        "circuit_breaker": {"consecutive_failures": 2, "ignore_status": [429], "failure_grpc_status": [14], "open_duration": "1s"}}"#,
+    r#"{"dedup": {"mode": "metrics_only", "fingerprint": "body", "body_key": "/id", "max_entries": 64}, "trace": {"mode": "auto"}}"#,
 ];
+
+/// The JSON body of bit 4: a structured CloudEvent that also has an `eventId`, `fill` in its ids.
+fn json_event(fill: u8) -> Vec<u8> {
+    let c = char::from(b'a' + fill % 26);
+    format!(r#"{{"specversion":"1.0","id":"e-{c}","source":"/s","eventId":"k-{c}","data":{{"n":[1,2.5,"é"]}}}}"#)
+        .into_bytes()
+}
 
 /// The peer certificate every connection presents (for `scope: caller`).
 const PEER: &[u8] = b"spiffe://cluster.local/ns/a/sa/b";
@@ -102,9 +118,20 @@ fn deliver(plugin: &Plugin, proxy: &ProxyRef, headers: &[(String, Vec<u8>)], b: 
     check_logs(&host, &mut logged);
     let mut upstream_answered = false;
     if verdict != Verdict::Stop && !eos_with_headers {
+        let mut json = Vec::new();
         for i in 0..chunks {
-            let len = usize::from(b.u8()) * 700;
-            host.body = vec![b.u8(); len];
+            let code = usize::from(b.u8());
+            let fill = b.u8();
+            if flags & 16 != 0 {
+                if json.is_empty() {
+                    json = json_event(fill);
+                }
+                let len = (code * 7).min(json.len());
+                host.body = json.drain(..len).collect();
+            } else {
+                host.body = vec![fill; code * 700];
+            }
+            let len = host.body.len();
             let last = i + 1 == chunks && flags & 2 == 0;
             if i == 1 && flags & 4 != 0 && !upstream_answered {
                 // The upstream answers while the body is still arriving.
@@ -139,7 +166,20 @@ fn deliver(plugin: &Plugin, proxy: &ProxyRef, headers: &[(String, Vec<u8>)], b: 
         stream.on_response_headers(plugin, &mut host, true);
     } else if flags & 8 == 0 && !upstream_answered {
         respond(&mut host, status);
-        stream.on_response_headers(plugin, &mut host, true);
+        if flags & 32 != 0 {
+            // A gRPC-shaped response: the status in the trailers, or none.
+            stream.on_response_headers(plugin, &mut host, false);
+            if flags & 64 == 0 {
+                host.trailers = vec![("grpc-status".to_string(), (status % 17).to_string().into_bytes())];
+                stream.on_response_trailers(plugin, &mut host);
+            }
+        } else {
+            stream.on_response_headers(plugin, &mut host, true);
+        }
+    }
+    if flags & 128 != 0 {
+        // DR: the caller reset the stream.
+        host.set_property("response.flags", &(1u64 << 28).to_le_bytes());
     }
     check_logs(&host, &mut logged);
     stream.on_log(plugin, &mut host);
@@ -153,7 +193,7 @@ fuzz_target!(|data: &[u8]| {
         None => (data, &[][..]),
     };
     let parsed = lines(text);
-    let cfg = directive(parsed.directives, "cfg").and_then(|d| d.first()).map_or(0, |d| usize::from(d % 5));
+    let cfg = directive(parsed.directives, "cfg").and_then(|d| d.first()).map_or(0, |d| usize::from(d % 7));
     let headers: Vec<(String, Vec<u8>)> = parsed
         .headers
         .iter()
