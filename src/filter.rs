@@ -217,7 +217,10 @@ impl Stream {
         self.grpc = reply::is_grpc(headers.get("content-type"));
         let mut fx = Effects::default();
         fx.count(plugin.metrics.requests(self.rule));
-        fx.state(state::RULE, plugin.rule_name(self.rule).as_bytes());
+        if self.rule != config.rules.len() {
+            // Filter state costs a host call per key: the default rule goes unsaid.
+            fx.state(state::RULE, plugin.rule_name(self.rule).as_bytes());
+        }
 
         let tracer = plugin.tracer.get();
         let trace_id =

@@ -95,6 +95,8 @@ fn rule_is_selected_counted_and_stored() {
     let json = r#"{"routes": [{"name": "health", "match": {"prefix": "/healthz"}}, {"name": "pay", "match": {"route_name": "pay-v1"}}]}"#;
     let (host, _) = run(json, &[(":path", b"/healthz/ready")]);
     assert_eq!(host.state_str(state::RULE).as_deref(), Some("health"));
+    let (default, _) = run(json, &[(":path", b"/other")]);
+    assert_eq!(default.state_str(state::RULE), None, "the default rule is not written");
     assert_eq!(host.counter("rule=.=health;.;meshguard_requests_total"), 1);
     assert_eq!(host.counter("rule=.=default;.;meshguard_requests_total"), 0);
     assert!(host.property_reads.is_empty(), "route name read although the prefix decided: {:?}", host.property_reads);
