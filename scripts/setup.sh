@@ -34,3 +34,11 @@ ensure_wrk() {
     apt-get update -qq && apt-get install -y -qq wrk >/dev/null
   fi
 }
+
+# grpcio: the real gRPC client and server between which tests/grpc.rs runs meshguard
+# (tests/support/grpc_peer.py).
+GRPCIO_VERSION=1.85.3
+if ! python3 -c 'import grpc' >/dev/null 2>&1; then
+  echo "setup: installing grpcio ${GRPCIO_VERSION} (pip install grpcio==${GRPCIO_VERSION})"
+  python3 -m pip install --quiet --disable-pip-version-check "grpcio==${GRPCIO_VERSION}"
+fi
