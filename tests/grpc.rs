@@ -55,25 +55,38 @@ fn counter(envoy: &Envoy, name: &str, rule: &str) -> f64 {
 #[test]
 fn trailers_only_unavailable_opens_the_circuit_and_the_client_decodes_unavailable_with_pushback() {
     let m = mesh(&grpc_rule(r#"{"consecutive_failures": 3, "open_duration": "30s"}"#, r#""disabled""#));
-    let down = |i: usize| {
-        Call::new(UNARY, json!({"tag": format!("down-{i}"), "code": "UNAVAILABLE", "details": "backend down"}))
-            .metadata("x-correlation-id", &format!("c-down-{i}"))
+    // Every call ends in a trailers-only response: the server sets a status before any message.
+    let ending = |tag: &str, code: &str| {
+        Call::new(UNARY, json!({"tag": tag, "code": code, "details": "backend down"})).metadata("x-correlation-id", tag)
     };
-    let rejected = Call::new(UNARY, json!({"tag": "after"})).metadata("x-correlation-id", "c-open");
-    let results = run(m.envoy.port, &[down(0), down(1), down(2), rejected]);
-    for r in &results[..3] {
-        assert_eq!((r.code.as_str(), r.details.as_str()), ("UNAVAILABLE", "backend down"), "{r:?}");
-    }
-    assert_eq!(m.server.hits(), 3, "the fourth call never reached the server");
-    // The server aborted before any message: a trailers-only response (grpc-status in the one
-    // HEADERS frame), which meshguard judged at the response headers.
-    for i in 0..3 {
-        let line = m.envoy.access_log_for(&format!("c-down-{i}"));
-        assert_eq!((line["grpc_status_header"].as_str(), line["grpc_status_trailer"].as_str()), (Some("14"), None));
+    // Two failures; NOT_FOUND (a success: it ends the run of failures); two failures; CANCELLED
+    // from the server (neutral: the run goes on); the third failure in a row opens the circuit.
+    let calls = [
+        ("f1", "UNAVAILABLE"),
+        ("f2", "UNAVAILABLE"),
+        ("not-found", "NOT_FOUND"),
+        ("f3", "UNAVAILABLE"),
+        ("f4", "UNAVAILABLE"),
+        ("cancelled", "CANCELLED"),
+        ("f5", "UNAVAILABLE"),
+    ];
+    let mut list: Vec<Call> = calls.iter().map(|(tag, code)| ending(tag, code)).collect();
+    list.push(Call::new(UNARY, json!({"tag": "after"})).metadata("x-correlation-id", "c-open"));
+    let results = run(m.envoy.port, &list);
+    for ((tag, code), r) in calls.iter().zip(&results) {
+        assert_eq!(r.code, *code, "{tag}: {r:?}");
+        // grpc-status in the one HEADERS frame, judged by meshguard at the response headers.
+        let line = m.envoy.access_log_for(tag);
+        assert_eq!(
+            (line["grpc_status_header"].as_str(), line["grpc_status_trailer"].as_str()),
+            (Some(r.code_value.to_string().as_str()), None)
+        );
         assert_eq!(line["circuit"], "closed");
     }
+    assert_eq!(m.server.hits(), 7, "the last call never reached the server");
+    assert_eq!(results[0].details, "backend down");
 
-    let open = &results[3];
+    let open = &results[7];
     assert_eq!((open.code.as_str(), open.code_value), ("UNAVAILABLE", 14), "{open:?}");
     let pushback: u64 = open.md("grpc-retry-pushback-ms").expect("grpc-retry-pushback-ms").parse().unwrap();
     assert!((29_000..=30_000).contains(&pushback), "{pushback}");
@@ -86,10 +99,34 @@ fn trailers_only_unavailable_opens_the_circuit_and_the_client_decodes_unavailabl
     assert_eq!((line["circuit"].as_str(), line["status"].as_u64()), (Some("rejected"), Some(200)));
     assert_eq!(line["grpc_status_header"], "14");
 
-    m.envoy.wait_metric(&sample("meshguard_circuit_failures_total", "grpc"), 3.0);
+    m.envoy.wait_metric(&sample("meshguard_circuit_failures_total", "grpc"), 5.0);
+    m.envoy.wait_metric(&sample("meshguard_circuit_neutral_total", "grpc"), 1.0);
     m.envoy.wait_metric(&sample("meshguard_circuit_rejected_total", "grpc"), 1.0);
     m.envoy.wait_metric(&sample("meshguard_circuit_state", "grpc"), 2.0);
+    let opened: Vec<String> = m
+        .envoy
+        .meshguard_lines()
+        .into_iter()
+        .filter_map(|l| l.split_once("circuit grpc ").map(|(_, rest)| rest.to_string()))
+        .collect();
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert!(opened[0].starts_with("closed -> open (3 consecutive failures"), "{opened:?}");
+    assert!(opened[0].ends_with("(correlation_id=f5)"), "{opened:?}");
     assert!(m.envoy.crash_lines().is_empty());
+}
+
+#[test]
+fn a_grpc_caller_gets_unavailable_whatever_http_status_the_open_circuit_has() {
+    // Envoy would translate an HTTP 500 local reply to a gRPC caller into UNKNOWN (2): meshguard
+    // sends the gRPC status itself. HTTP callers get the configured status.
+    let m = mesh(r#"{"circuit_breaker": {"mode": "forced_open", "open_status": 500, "open_duration": "7s"}}"#);
+    let r = call(m.envoy.port, Call::new(UNARY, json!({"tag": "forced"})));
+    assert_eq!((r.code.as_str(), r.code_value), ("UNAVAILABLE", 14), "{r:?}");
+    assert_eq!(r.md("grpc-retry-pushback-ms").as_deref(), Some("7000"), "{r:?}");
+    assert_eq!(r.md("x-meshguard-circuit").as_deref(), Some("open"), "{r:?}");
+    let http = support::http::send(m.envoy.port, &support::http::Request::get("/x")).unwrap();
+    assert_eq!((http.status, http.header("retry-after").as_deref()), (500, Some("7")));
+    assert_eq!(m.server.hits() + m.upstream.hits(), 0);
 }
 
 // ------------------------------------------------------------------------------------ case 2
@@ -209,7 +246,33 @@ fn client_deadlines_and_cancels_are_neutral_and_never_open_the_circuit() {
     assert_eq!(slow.code, "DEADLINE_EXCEEDED");
     assert_abandoned(&m, &["slow"]);
     m.envoy.wait_metric(&sample("meshguard_circuit_slow_total", "grpc"), 1.0);
-    m.envoy.wait_metric(&sample("meshguard_circuit_neutral_total", "grpc"), 10.0);
+    // A stream is measured to its response headers. Headers that came after slow_call_duration,
+    // then a cancel: slow. Headers at once and a cancel 600 ms later (a long-lived stream the
+    // client ends): neutral, not slow.
+    let streams = run(
+        m.envoy.port,
+        &[
+            Call::new(
+                NO_DEADLINE_STREAM,
+                json!({"tag": "late-headers", "sleep_ms": 700, "messages": 20, "gap_ms": 100}),
+            )
+            .cancel_after_messages(1)
+            .metadata("x-correlation-id", "late-headers"),
+            Call::new(NO_DEADLINE_STREAM, json!({"tag": "long-stream", "messages": 20, "gap_ms": 300}))
+                .cancel_after_messages(3)
+                .metadata("x-correlation-id", "long-stream"),
+        ],
+    );
+    for r in &streams {
+        assert_eq!(r.code, "CANCELLED", "{r:?}");
+        assert!(r.elapsed_ms > 550.0, "{r:?}");
+    }
+    for tag in ["late-headers", "long-stream"] {
+        let line = m.envoy.access_log_for(tag);
+        assert_eq!((line["status"].as_u64(), line["response_flags"].as_str()), (Some(200), Some("DR")), "{line}");
+    }
+    m.envoy.wait_metric(&sample("meshguard_circuit_slow_total", "grpc"), 2.0);
+    m.envoy.wait_metric(&sample("meshguard_circuit_neutral_total", "grpc"), 11.0);
 
     assert_eq!(counter(&m.envoy, "meshguard_circuit_failures_total", "grpc"), 0.0);
     assert_eq!(m.envoy.metric(&sample("meshguard_circuit_state", "grpc")), Some(0.0));
@@ -393,4 +456,165 @@ fn http_callers_timing_out_on_a_slow_healthy_route_never_open_the_circuit() {
     let r = support::http::send(m.envoy.port, &support::http::Request::get("/after")).unwrap();
     assert_eq!(r.status, 200, "the circuit is closed: {}", r.text());
     assert!(r.header("x-meshguard-circuit").is_none());
+}
+
+// ------------------------------------------------------------------------------------ case 6
+
+/// Istio's default retry policy of outbound routes up to 1.23 (and later with
+/// `EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY=false`): istio/istio
+/// pilot/pkg/networking/core/route/retry/retry.go, `DefaultPolicy`, with 503 among the
+/// retriable status codes.
+const ISTIO_1_23_RETRIES: &str = r#"{ retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+                   num_retries: 2, retriable_status_codes: [503], host_selection_retry_max_attempts: 5,
+                   retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts,
+                     typed_config: { "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate } }] }"#;
+
+/// The same policy since Istio 1.24: no retriable status codes (HTTP 503 is not retried), gRPC
+/// UNAVAILABLE still is.
+const ISTIO_RETRIES: &str = r#"{ retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+                   num_retries: 2, host_selection_retry_max_attempts: 5,
+                   retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts,
+                     typed_config: { "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate } }] }"#;
+
+/// A plain Envoy (no meshguard): listener `ingress` with these routes (YAML list items at the
+/// routes' indentation) and clusters `name -> port`, each speaking the caller's protocol
+/// (HTTP/1.1 or HTTP/2) upstream, as Istio's sidecars do for a port of unknown protocol.
+fn plain_envoy(routes: &str, clusters: &[(&str, u16)]) -> Envoy {
+    let mut yaml = String::from(
+        r#"admin:
+  address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+static_resources:
+  listeners:
+    - name: ingress
+      address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: hop
+                route_config:
+                  virtual_hosts:
+                    - name: all
+                      domains: ["*"]
+                      routes:
+"#,
+    );
+    yaml.push_str(routes);
+    yaml.push_str(
+        r#"
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+  clusters:
+"#,
+    );
+    for (name, port) in clusters {
+        yaml.push_str(&format!(
+            r#"    - name: {name}
+      type: STATIC
+      connect_timeout: 1s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          use_downstream_protocol_config: {{ http_protocol_options: {{}}, http2_protocol_options: {{}} }}
+      load_assignment:
+        cluster_name: {name}
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}]
+"#
+        ));
+    }
+    Envoy::try_start_bootstrap(&yaml, 1, &[]).unwrap_or_else(|log| panic!("plain Envoy did not start:\n{log}\n{yaml}"))
+}
+
+#[test]
+fn one_call_through_a_retrying_caller_sidecar_meets_an_open_circuit_once() {
+    // The consumer's sidecar: meshguard with the circuit forced open, for gRPC and HTTP alike.
+    let consumer = mesh(
+        r#"{"circuit_breaker": {"mode": "forced_open", "open_duration": "20s"},
+            "routes": [{"name": "grpc", "match": {"prefix": "/meshguard.test."}}]}"#,
+    );
+    // For comparison: a hop that removes `x-envoy-ratelimited` from the consumer's answers, and
+    // changes nothing else.
+    let stripper = plain_envoy(
+        r#"                        - match: { prefix: "/" }
+                          route: { cluster: consumer, timeout: 10s }
+                          response_headers_to_remove: ["x-envoy-ratelimited"]"#,
+        &[("consumer", consumer.envoy.port)],
+    );
+    // The caller's sidecar, with Istio's retry policy; `x-route` picks the comparison paths.
+    let caller = plain_envoy(
+        &format!(
+            r#"                        - match: {{ prefix: "/", headers: [{{ name: x-route, string_match: {{ exact: strip }} }}] }}
+                          route: {{ cluster: stripper, timeout: 10s, retry_policy: {ISTIO_1_23_RETRIES} }}
+                        - match: {{ prefix: "/", headers: [{{ name: x-route, string_match: {{ exact: strip-istio-1.24 }} }}] }}
+                          route: {{ cluster: stripper, timeout: 10s, retry_policy: {ISTIO_RETRIES} }}
+                        - match: {{ prefix: "/" }}
+                          route: {{ cluster: consumer, timeout: 10s, retry_policy: {ISTIO_1_23_RETRIES} }}"#
+        ),
+        &[("consumer", consumer.envoy.port), ("stripper", stripper.port)],
+    );
+    let seen = |rule: &str| counter(&consumer.envoy, "meshguard_requests_total", rule);
+    let rejected = |rule: &str| counter(&consumer.envoy, "meshguard_circuit_rejected_total", rule);
+    // Each call's attempts are over when the caller answers; the consumer's stats then settle on
+    // exactly `expected` more requests, all rejected.
+    let expect_attempts = |rule: &str, before: f64, expected: f64| {
+        consumer.envoy.wait_metric(&sample("meshguard_requests_total", rule), before + expected);
+        consumer.envoy.wait_metric(&sample("meshguard_circuit_rejected_total", rule), before + expected);
+    };
+    let http_call = |route: Option<&str>| {
+        let mut request = support::http::Request::get("/orders");
+        if let Some(route) = route {
+            request = request.header("x-route", route);
+        }
+        support::http::send(caller.port, &request).unwrap()
+    };
+    let grpc_call = |route: Option<&str>| {
+        let mut c = Call::new(UNARY, json!({"tag": "through-caller"}));
+        if let Some(route) = route {
+            c = c.metadata("x-route", route);
+        }
+        call(caller.port, c)
+    };
+
+    // HTTP/1.1: one rejection per call, no retry.
+    for _ in 0..2 {
+        let before = seen("default");
+        let r = http_call(None);
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.header("x-meshguard-circuit").as_deref(), Some("open"));
+        assert_eq!(r.header("x-envoy-ratelimited").as_deref(), Some("true"));
+        expect_attempts("default", before, 1.0);
+    }
+    // gRPC: UNAVAILABLE with pushback, one rejection per call, no retry.
+    for _ in 0..2 {
+        let before = seen("grpc");
+        let r = grpc_call(None);
+        assert_eq!((r.code.as_str(), r.md("x-meshguard-circuit").as_deref()), ("UNAVAILABLE", Some("open")), "{r:?}");
+        let pushback: u64 = r.md("grpc-retry-pushback-ms").expect("pushback").parse().unwrap();
+        assert!((19_000..=20_000).contains(&pushback), "{pushback}");
+        expect_attempts("grpc", before, 1.0);
+    }
+    assert_eq!(caller.metric(r#"envoy_cluster_upstream_rq_retry{envoy_cluster_name="consumer"}"#), Some(0.0));
+    assert_eq!(consumer.server.hits(), 0);
+    assert_eq!(consumer.upstream.hits(), 0);
+
+    // The same answers without `x-envoy-ratelimited`: the caller retries each twice.
+    let before = seen("default");
+    let r = http_call(Some("strip"));
+    assert_eq!((r.status, r.header("x-envoy-ratelimited")), (503, None));
+    expect_attempts("default", before, 3.0);
+    let before = seen("grpc");
+    assert_eq!(grpc_call(Some("strip")).code, "UNAVAILABLE");
+    expect_attempts("grpc", before, 3.0);
+    caller.wait_metric(r#"envoy_cluster_upstream_rq_retry{envoy_cluster_name="stripper"}"#, 4.0);
+    // Istio 1.24's default no longer retries an HTTP 503, but still retries gRPC UNAVAILABLE.
+    let before = seen("default");
+    assert_eq!(http_call(Some("strip-istio-1.24")).status, 503);
+    expect_attempts("default", before, 1.0);
+    let before = seen("grpc");
+    assert_eq!(grpc_call(Some("strip-istio-1.24")).code, "UNAVAILABLE");
+    expect_attempts("grpc", before, 3.0);
+    assert_eq!((rejected("default"), rejected("grpc")), (seen("default"), seen("grpc")));
+    assert_eq!(consumer.server.hits() + consumer.upstream.hits(), 0);
 }

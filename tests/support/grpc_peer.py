@@ -11,6 +11,8 @@ No protobuf: both sides use generic handlers on raw bytes. A request message is 
 * `code`: the status to end with (a `grpc.StatusCode` name). Before any message and without
   `initial`, grpc-core sends it as a trailers-only response (one HEADERS frame with END_STREAM);
   after a message (or with `initial`: initial metadata sent first) it goes in the trailers.
+* `fail_times`: end only the first `fail_times` calls with this `tag` with `code`, later ones OK
+  (a service that recovers, for retries).
 
 Methods (any service name): `.../Unary` (unary-unary) and `.../Stream` (unary-stream); any other
 method name is unary too, so that tests can call "another method" of the same service.
@@ -72,8 +74,21 @@ def sleep_while_active(context, ms):
         time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
 
 
+ATTEMPTS = {}
+ATTEMPTS_LOCK = threading.Lock()
+
+
+def attempt(tag):
+    """The number of this call among the calls with `tag` (1 for the first)."""
+    with ATTEMPTS_LOCK:
+        ATTEMPTS[tag] = ATTEMPTS.get(tag, 0) + 1
+        return ATTEMPTS[tag]
+
+
 def finish(context, spec):
     code_name = spec.get("code", "OK")
+    if "fail_times" in spec and attempt(spec.get("tag")) > spec["fail_times"]:
+        code_name = "OK"
     if code_name != "OK":
         context.abort(getattr(grpc.StatusCode, code_name), spec.get("details", ""))
 
