@@ -11,7 +11,7 @@ mod support;
 
 use grpc_peer::{call, run, Call, GrpcServer, OTHER, STREAM, UNARY};
 use serde_json::json;
-use support::envoy::{Envoy, Options};
+use support::envoy::{render_bootstrap, Envoy, Options};
 use support::upstream::Upstream;
 
 /// meshguard in front of a gRPC server (routes `/meshguard.test.`, rule `grpc` below) and the
@@ -617,4 +617,62 @@ fn one_call_through_a_retrying_caller_sidecar_meets_an_open_circuit_once() {
     expect_attempts("grpc", before, 3.0);
     assert_eq!((rejected("default"), rejected("grpc")), (seen("default"), seen("grpc")));
     assert_eq!(consumer.server.hits() + consumer.upstream.hits(), 0);
+}
+
+#[test]
+fn a_caller_side_meshguard_sees_one_call_and_the_outcome_after_envoys_retries() {
+    // meshguard in the caller's sidecar, whose router retries as Istio's default policy does;
+    // the server fails the first attempts of a call with UNAVAILABLE.
+    let server = GrpcServer::start();
+    let upstream = Upstream::start();
+    let config = r#"{"dedup": {"on_missing": "generate"},
+                     "routes": [{"name": "grpc", "match": {"prefix": "/meshguard.test."},
+                                 "circuit_breaker": {"consecutive_failures": 1, "open_duration": "30s"}}]}"#;
+    let mut opts = Options::new(config, upstream.port);
+    opts.bootstrap = "tests/data/grpc-envoy.yaml";
+    opts.ports = vec![("grpc", server.port)];
+    let route = "match: { prefix: \"/meshguard.test.\" }\n                          route: { cluster: grpc_upstream, timeout: 10s }";
+    let rendered = render_bootstrap(&opts, 0, 0);
+    assert!(rendered.contains(route), "the grpc route of tests/data/grpc-envoy.yaml");
+    let retrying =
+        rendered.replacen(route, &format!("{}, retry_policy: {ISTIO_RETRIES} }}", route.trim_end_matches(" }")), 1);
+    let caller = Envoy::try_start_bootstrap(&retrying, 2, &[]).unwrap_or_else(|log| panic!("{log}"));
+
+    // Two failed attempts, then OK: meshguard saw one call, and a success.
+    let r = call(
+        caller.port,
+        Call::new(UNARY, json!({"tag": "recovering", "code": "UNAVAILABLE", "fail_times": 2}))
+            .metadata("x-correlation-id", "c-recovering"),
+    );
+    assert_eq!(r.code, "OK", "{r:?}");
+    assert_eq!(server.calls_tagged("recovering"), 3, "two retries");
+    caller.wait_metric(r#"envoy_cluster_upstream_rq_retry{envoy_cluster_name="grpc_upstream"}"#, 2.0);
+    caller.wait_metric(&sample("meshguard_requests_total", "grpc"), 1.0);
+    assert_eq!(
+        counter(&caller, "meshguard_circuit_failures_total", "grpc"),
+        0.0,
+        "consecutive_failures: 1 never saw a failure"
+    );
+    assert_eq!(caller.metric(&sample("meshguard_circuit_state", "grpc")), Some(0.0));
+    // The id meshguard stamped before the router went out with every attempt.
+    let ids: Vec<String> = server
+        .calls()
+        .iter()
+        .filter(|c| c["tag"] == "recovering")
+        .map(|c| c["metadata"]["x-event-id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(ids[0].len(), 36, "{ids:?}");
+    assert!(ids.iter().all(|id| *id == ids[0]), "one event id for all attempts: {ids:?}");
+    assert_eq!(caller.access_log_for("c-recovering")["event_id"].as_str(), Some(&*ids[0]));
+
+    // Every attempt fails: one call, one failure, and the circuit opens.
+    let r = call(caller.port, Call::new(UNARY, json!({"tag": "down", "code": "UNAVAILABLE"})));
+    assert_eq!(r.code, "UNAVAILABLE", "{r:?}");
+    assert_eq!(server.calls_tagged("down"), 3);
+    caller.wait_metric(&sample("meshguard_requests_total", "grpc"), 2.0);
+    caller.wait_metric(&sample("meshguard_circuit_failures_total", "grpc"), 1.0);
+    caller.wait_metric(&sample("meshguard_circuit_state", "grpc"), 2.0);
+    let r = call(caller.port, Call::new(UNARY, json!({"tag": "after"})));
+    assert_eq!((r.code.as_str(), r.md("x-meshguard-circuit").as_deref()), ("UNAVAILABLE", Some("open")));
+    assert_eq!(server.calls_tagged("after"), 0, "rejected before the router: not retried either");
 }
