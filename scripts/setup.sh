@@ -57,6 +57,16 @@ ensure_wrk() {
   fi
 }
 
+# The real peers of the integration tests, from PyPI: grpcio, the gRPC client and server between
+# which tests/grpc.rs runs meshguard (tests/support/grpc_peer.py).
+GRPCIO_VERSION=1.85.3
+ensure_test_peers() {
+  if ! python3 -c 'import grpc' >/dev/null 2>&1; then
+    echo "setup: installing grpcio ${GRPCIO_VERSION} (pip install grpcio==${GRPCIO_VERSION})"
+    python3 -m pip install --quiet --disable-pip-version-check "grpcio==${GRPCIO_VERSION}"
+  fi
+}
+
 if [ "${MESHGUARD_SETUP:-}" != functions ]; then
   ensure_rust_targets
   ensure_envoy

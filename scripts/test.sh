@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+ensure_test_peers
 
 # The real-Envoy tests skip themselves when meshguard.wasm or envoy is missing (a plain `cargo
 # test` on a fresh clone); here they must run, so a missing piece fails instead of passing.
