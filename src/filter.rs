@@ -185,6 +185,8 @@ pub struct Stream {
     dedup: DedupStage,
     /// A gRPC request: replies and outcomes take the gRPC shape.
     grpc: bool,
+    /// The gRPC caller's deadline (`grpc-timeout`, ns).
+    deadline: Option<u64>,
     /// The response's status and when its headers came, while the outcome waits for a gRPC
     /// status (trailers, or the end of the stream).
     response: Option<(Option<u32>, u64)>,
@@ -215,6 +217,9 @@ impl Stream {
         let headers = host.request_headers();
         self.rule = rules::select(&config.rules, &mut LazyFacts::new(&headers, host)).unwrap_or(config.rules.len());
         self.grpc = reply::is_grpc(headers.get("content-type"));
+        if self.grpc {
+            self.deadline = headers.get("grpc-timeout").and_then(breaker::grpc_timeout);
+        }
         let mut fx = Effects::default();
         fx.count(plugin.metrics.requests(self.rule));
         if self.rule != config.rules.len() {
@@ -311,7 +316,7 @@ impl Stream {
                 // The status comes in the trailers (or the stream ends without one).
                 self.response = Some((status, host.now()));
             } else {
-                let end = Ending { status, grpc: self.grpc, grpc_status };
+                let end = self.ending(status, grpc_status);
                 self.outcome(plugin, host, &end, None, &mut fx);
             }
         }
@@ -329,7 +334,7 @@ impl Stream {
         let Some((status, at)) = self.response.take().filter(|_| self.awaits_outcome()) else {
             return;
         };
-        let end = Ending { status, grpc: self.grpc, grpc_status: grpc_status(host.response_trailer("grpc-status")) };
+        let end = self.ending(status, grpc_status(host.response_trailer("grpc-status")));
         let mut fx = Effects::default();
         self.outcome(plugin, host, &end, Some(at), &mut fx);
         self.apply(plugin, host, fx, None);
@@ -343,7 +348,7 @@ impl Stream {
             // The stream ended without response headers (reset, caller gone), or a gRPC call
             // without a status.
             let (status, at) = self.response.take().map_or((None, None), |(s, at)| (s, Some(at)));
-            let end = Ending { status, grpc: self.grpc, grpc_status: None };
+            let end = self.ending(status, None);
             self.outcome(plugin, host, &end, at, &mut fx);
         }
         if !self.replied && config.trace.mode == TraceMode::Auto {
@@ -376,6 +381,10 @@ impl Stream {
             fx.log(config.log.level, line);
         }
         self.apply(plugin, host, fx, None);
+    }
+
+    fn ending(&self, status: Option<u32>, grpc_status: Option<u32>) -> Ending {
+        Ending { status, grpc: self.grpc, grpc_status, deadline: self.deadline }
     }
 
     /// A call went upstream and its outcome is still to be taken.

@@ -828,14 +828,15 @@ fn contention_between_two_workers_never_exhausts_the_retries_of_a_short_burst() 
 // ---------------------------------------------------------------------------------------------
 // Dedup.
 
-const DEDUP: &str = r#"{"dedup": {"max_entries": 8}}"#;
+/// A store of one bucket (4 entries and their headroom), so that every key meets every other.
+const DEDUP: &str = r#"{"dedup": {"max_entries": 4}}"#;
 
 fn dedup_count(world: &ProxyRef, outcome: &str) -> i64 {
     world.metric(&m(metrics::DEDUP_TOTAL, &[("rule", "default"), ("outcome", outcome)]))
 }
 
 fn bucket(world: &ProxyRef) -> Bucket {
-    let layout = meshguard::dedup::Layout::new(8);
+    let layout = meshguard::dedup::Layout::new(4);
     assert_eq!(layout.buckets, 1);
     let p = world.proxy();
     match p.shared.peek(&layout.key("model", 0)) {
@@ -847,7 +848,7 @@ fn bucket(world: &ProxyRef) -> Bucket {
 /// The store's only bucket, as left by earlier traffic (an empty bucket: a released key).
 fn used_bucket() -> ProxyRef {
     let world = new_world();
-    let layout = meshguard::dedup::Layout::new(8);
+    let layout = meshguard::dedup::Layout::new(4);
     world.proxy().shared.set(&layout.key("model", 0), &Bucket::default().encode(), 0, 99, Label::Configure.code());
     world
 }
@@ -929,7 +930,7 @@ fn a_released_key_is_processed_again_and_never_by_two_at_once() {
         assert_eq!(world.metric(metrics::DEDUP_ENTRIES), completed);
         // The key's entry over the committed writes: in flight for one request at a time (a new
         // holder only after a release), and never taken again once completed.
-        let layout = meshguard::dedup::Layout::new(8);
+        let layout = meshguard::dedup::Layout::new(4);
         let p = world.proxy();
         let mut last: Option<(EntryPhase, u32)> = None;
         for c in p.shared.commits.iter().filter(|c| c.key == layout.key("model", 0)) {

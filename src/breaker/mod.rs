@@ -380,20 +380,66 @@ pub struct Ending {
     /// `grpc-status` from a trailers-only response or from the trailers; `None` when the stream
     /// ended without one.
     pub grpc_status: Option<u32>,
+    /// The caller's gRPC deadline (`grpc-timeout`, ns), when it sent one.
+    pub deadline: Option<u64>,
 }
 
-/// Classifies a call (SPEC §1 "Outcome of a call", "Neutral calls", "gRPC calls"); `None` for a
-/// neutral call, which counts neither as success nor as failure: an ignored status, gRPC
-/// CANCELLED, or a call the caller abandoned (unless it had already run past
+impl Ending {
+    /// The call ran (`took` ns, to its end) until the caller's deadline: within 5 % of it, as
+    /// the server measures from when it got the request, a little after meshguard.
+    pub fn past_deadline(&self, took: u64) -> bool {
+        self.deadline.is_some_and(|d| took.saturating_add(d / 20) >= d)
+    }
+}
+
+/// gRPC DEADLINE_EXCEEDED.
+const GRPC_DEADLINE_EXCEEDED: u32 = 4;
+
+/// A `grpc-timeout` request header (gRPC over HTTP/2, "Requests": 1 to 8 digits and a unit
+/// `H`, `M`, `S`, `m`, `u` or `n`) in nanoseconds.
+pub fn grpc_timeout(value: &[u8]) -> Option<u64> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    let scale = match unit {
+        b'H' => 3_600 * SECOND,
+        b'M' => 60 * SECOND,
+        b'S' => SECOND,
+        b'm' => 1_000_000,
+        b'u' => 1_000,
+        b'n' => 1,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+/// Classifies a call (docs/behaviour.md "Circuit breaking": outcome of a call, neutral calls,
+/// gRPC calls); `None` for a neutral call, which counts neither as success nor as failure: an
+/// ignored status, gRPC CANCELLED, or a call the caller abandoned (unless it had already run past
 /// `slow_call_duration`: the caller's timeout says it was slow). `elapsed` is the time from the
-/// request to the response headers (or to the end, without them); `flags` (Envoy's
-/// `response.flags`) is read only when the status alone cannot tell.
-pub fn classify(cfg: &Breaker, end: &Ending, flags: impl FnOnce() -> Option<u64>, elapsed: u64) -> Option<CallOutcome> {
+/// request to the response headers (or to the end, without them), `took` to the end of the call;
+/// `flags` (Envoy's `response.flags`) is read only when the status alone cannot tell.
+///
+/// A DEADLINE_EXCEEDED that comes once the caller's own `grpc-timeout` has run out is the
+/// caller's deadline, as if the caller had reset the stream: the server enforces the deadline it
+/// was sent, and its status often reaches Envoy before the caller's reset does.
+pub fn classify(
+    cfg: &Breaker,
+    end: &Ending,
+    flags: impl FnOnce() -> Option<u64>,
+    elapsed: u64,
+    took: u64,
+) -> Option<CallOutcome> {
     let slow = elapsed > cfg.slow_call_duration;
     let abandoned = |flags: Option<u64>| flags.is_some_and(|f| f & ABANDONED_FLAGS != 0);
     let failure = match (end.status, end.grpc) {
         (Some(200), true) => match end.grpc_status {
             Some(GRPC_CANCELLED) => return None,
+            Some(GRPC_DEADLINE_EXCEEDED) if end.past_deadline(took) => {
+                return slow.then_some(CallOutcome { failure: false, slow });
+            }
             Some(code) => cfg.failure_grpc_status.contains(code),
             // The stream ended without a gRPC status: the caller went away, or the call broke.
             None if abandoned(flags()) => return slow.then_some(CallOutcome { failure: false, slow }),

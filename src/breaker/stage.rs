@@ -117,8 +117,10 @@ impl CircuitStage {
         let cfg = rule.config;
         let now = host.now();
         let elapsed = responded_at.unwrap_or(now).saturating_sub(call.start);
+        let took = now.saturating_sub(call.start);
         let m = rule.metrics;
-        let Some(outcome) = classify(cfg, end, || int(host.property(&["response", "flags"])), elapsed) else {
+        let flags = || int(host.property(&["response", "flags"]));
+        let Some(outcome) = classify(cfg, end, flags, elapsed, took) else {
             fx.count(m.and_then(|m| m.neutral));
             if call.probe {
                 // Its slot goes to another probe.

@@ -261,11 +261,11 @@ fn human_durations() {
 }
 
 fn http(status: Option<u32>) -> Ending {
-    Ending { status, grpc: false, grpc_status: None }
+    Ending { status, ..Ending::default() }
 }
 
 fn grpc(status: Option<u32>, grpc_status: Option<u32>) -> Ending {
-    Ending { status, grpc: true, grpc_status }
+    Ending { status, grpc: true, grpc_status, deadline: None }
 }
 
 const DC: u64 = 1 << 14;
@@ -275,19 +275,19 @@ const DR: u64 = 1 << 28;
 fn classification_by_status_envoy_flags_and_duration() {
     let c = cfg(r#"{"failure_status": [500, "502-503"], "slow_call_duration": "1s"}"#);
     let no_flags = || -> Option<u64> { panic!("flags read although the status decided") };
-    assert_eq!(classify(&c, &http(Some(200)), no_flags, S), Some(OK));
-    assert_eq!(classify(&c, &http(Some(200)), no_flags, S + 1), Some(SLOW));
-    assert_eq!(classify(&c, &http(Some(502)), no_flags, 0), Some(FAIL));
-    assert_eq!(classify(&c, &http(Some(404)), no_flags, 0), Some(OK));
-    assert_eq!(classify(&c, &http(None), || Some(0), 0), Some(FAIL), "reset before response headers");
-    assert_eq!(classify(&c, &http(None), || None, 0), Some(FAIL), "flags unreadable: a reset");
+    assert_eq!(classify(&c, &http(Some(200)), no_flags, S, S), Some(OK));
+    assert_eq!(classify(&c, &http(Some(200)), no_flags, S + 1, S + 1), Some(SLOW));
+    assert_eq!(classify(&c, &http(Some(502)), no_flags, 0, 0), Some(FAIL));
+    assert_eq!(classify(&c, &http(Some(404)), no_flags, 0, 0), Some(OK));
+    assert_eq!(classify(&c, &http(None), || Some(0), 0, 0), Some(FAIL), "reset before response headers");
+    assert_eq!(classify(&c, &http(None), || None, 0, 0), Some(FAIL), "flags unreadable: a reset");
     // 504 is not in the set: a failure only when Envoy made it (UT, upstream timeout).
-    assert_eq!(classify(&c, &http(Some(504)), || Some(1 << 2), 0), Some(FAIL));
-    assert_eq!(classify(&c, &http(Some(504)), || Some(0), 0), Some(OK));
-    assert_eq!(classify(&c, &http(Some(504)), || Some(1 << 8), 0), Some(OK), "NR is not an upstream failure");
+    assert_eq!(classify(&c, &http(Some(504)), || Some(1 << 2), 0, 0), Some(FAIL));
+    assert_eq!(classify(&c, &http(Some(504)), || Some(0), 0, 0), Some(OK));
+    assert_eq!(classify(&c, &http(Some(504)), || Some(1 << 8), 0, 0), Some(OK), "NR is not an upstream failure");
     for bit in [1, 2, 4, 5, 6, 7, 15, 23] {
-        assert_eq!(classify(&c, &http(Some(503)), || unreachable!(), 0), Some(FAIL));
-        assert_eq!(classify(&c, &http(Some(599)), || Some(1 << bit), 0), Some(FAIL), "bit {bit}");
+        assert_eq!(classify(&c, &http(Some(503)), || unreachable!(), 0, 0), Some(FAIL));
+        assert_eq!(classify(&c, &http(Some(599)), || Some(1 << bit), 0, 0), Some(FAIL), "bit {bit}");
     }
 }
 
@@ -295,25 +295,25 @@ fn classification_by_status_envoy_flags_and_duration() {
 fn ignored_statuses_are_neutral_and_win_over_failure_statuses() {
     let c = cfg(r#"{"failure_status": ["4xx", "5xx"], "ignore_status": [429, "404"]}"#);
     for status in [429, 404] {
-        assert_eq!(classify(&c, &http(Some(status)), || unreachable!(), 10 * S), None, "{status}");
+        assert_eq!(classify(&c, &http(Some(status)), || unreachable!(), 10 * S, 10 * S), None, "{status}");
     }
-    assert_eq!(classify(&c, &http(Some(400)), || unreachable!(), 0), Some(FAIL));
+    assert_eq!(classify(&c, &http(Some(400)), || unreachable!(), 0, 0), Some(FAIL));
     let grpc_ignored = cfg(r#"{"ignore_status": [503]}"#);
-    assert_eq!(classify(&grpc_ignored, &grpc(Some(503), None), || unreachable!(), 0), None, "non-200 gRPC as HTTP");
+    assert_eq!(classify(&grpc_ignored, &grpc(Some(503), None), || unreachable!(), 0, 0), None, "non-200 gRPC as HTTP");
 }
 
 #[test]
 fn calls_the_caller_abandoned_are_neutral_or_slow() {
     let c = cfg(r#"{"slow_call_duration": "2s"}"#);
     for flags in [DC, DR, DC | DR, DR | 1 << 2] {
-        assert_eq!(classify(&c, &http(None), || Some(flags), S), None, "flags {flags:#x}");
-        assert_eq!(classify(&c, &http(None), || Some(flags), 3 * S), Some(SLOW), "flags {flags:#x}");
+        assert_eq!(classify(&c, &http(None), || Some(flags), S, S), None, "flags {flags:#x}");
+        assert_eq!(classify(&c, &http(None), || Some(flags), 3 * S, 3 * S), Some(SLOW), "flags {flags:#x}");
         // A gRPC stream the caller cancelled after the response headers, before the status.
-        assert_eq!(classify(&c, &grpc(Some(200), None), || Some(flags), S), None);
-        assert_eq!(classify(&c, &grpc(Some(200), None), || Some(flags), 3 * S), Some(SLOW));
+        assert_eq!(classify(&c, &grpc(Some(200), None), || Some(flags), S, S), None);
+        assert_eq!(classify(&c, &grpc(Some(200), None), || Some(flags), 3 * S, 3 * S), Some(SLOW));
     }
     // A response that arrived is judged by its status, whatever the caller did after it.
-    assert_eq!(classify(&c, &http(Some(503)), || Some(DR), 0), Some(FAIL));
+    assert_eq!(classify(&c, &http(Some(503)), || Some(DR), 0, 0), Some(FAIL));
 }
 
 /// Every gRPC status on every kind of ending: trailers-only or trailers (the same `Ending`), a
@@ -328,23 +328,56 @@ fn grpc_calls_are_judged_by_grpc_status() {
             c if failures.contains(&c) => Some(FAIL),
             _ => Some(OK),
         };
-        assert_eq!(classify(&c, &grpc(Some(200), Some(code)), || unreachable!(), 0), expected, "grpc-status {code}");
+        assert_eq!(classify(&c, &grpc(Some(200), Some(code)), || unreachable!(), 0, 0), expected, "grpc-status {code}");
         let slow = expected.map(|o| CallOutcome { slow: true, ..o });
-        assert_eq!(classify(&c, &grpc(Some(200), Some(code)), || unreachable!(), 2 * S), slow, "slow {code}");
+        assert_eq!(classify(&c, &grpc(Some(200), Some(code)), || unreachable!(), 2 * S, 2 * S), slow, "slow {code}");
     }
-    assert_eq!(classify(&c, &grpc(Some(200), None), || Some(0), 0), Some(FAIL), "ended without grpc-status");
-    assert_eq!(classify(&c, &grpc(None, None), || Some(1 << 4), 0), Some(FAIL), "upstream reset");
-    assert_eq!(classify(&c, &grpc(Some(503), None), || unreachable!(), 0), Some(FAIL), "Envoy's own 503");
-    assert_eq!(classify(&c, &grpc(Some(503), Some(0)), || unreachable!(), 0), Some(FAIL), "HTTP status decides");
-    assert_eq!(classify(&c, &grpc(Some(404), None), || unreachable!(), 0), Some(OK));
+    assert_eq!(classify(&c, &grpc(Some(200), None), || Some(0), 0, 0), Some(FAIL), "ended without grpc-status");
+    assert_eq!(classify(&c, &grpc(None, None), || Some(1 << 4), 0, 0), Some(FAIL), "upstream reset");
+    assert_eq!(classify(&c, &grpc(Some(503), None), || unreachable!(), 0, 0), Some(FAIL), "Envoy's own 503");
+    assert_eq!(classify(&c, &grpc(Some(503), Some(0)), || unreachable!(), 0, 0), Some(FAIL), "HTTP status decides");
+    assert_eq!(classify(&c, &grpc(Some(404), None), || unreachable!(), 0, 0), Some(OK));
     // The codes are configurable; HTTP 200 of a non-gRPC call ignores any grpc-status.
     let custom = cfg(r#"{"failure_grpc_status": [8]}"#);
-    assert_eq!(classify(&custom, &grpc(Some(200), Some(8)), || unreachable!(), 0), Some(FAIL));
-    assert_eq!(classify(&custom, &grpc(Some(200), Some(14)), || unreachable!(), 0), Some(OK));
+    assert_eq!(classify(&custom, &grpc(Some(200), Some(8)), || unreachable!(), 0, 0), Some(FAIL));
+    assert_eq!(classify(&custom, &grpc(Some(200), Some(14)), || unreachable!(), 0, 0), Some(OK));
     assert_eq!(
-        classify(&c, &Ending { status: Some(200), grpc: false, grpc_status: Some(14) }, || unreachable!(), 0),
+        classify(
+            &c,
+            &Ending { status: Some(200), grpc_status: Some(14), ..Ending::default() },
+            || unreachable!(),
+            0,
+            0
+        ),
         Some(OK)
     );
+}
+
+#[test]
+fn a_deadline_exceeded_at_the_callers_deadline_is_the_callers_doing() {
+    let c = cfg(r#"{"slow_call_duration": "2s"}"#);
+    let late = Ending { deadline: Some(200 * MS), ..grpc(Some(200), Some(4)) };
+    assert_eq!(classify(&c, &late, || unreachable!(), 200 * MS, 200 * MS), None, "neutral");
+    assert_eq!(classify(&c, &late, || unreachable!(), 195 * MS, 195 * MS), None, "within 5 %");
+    assert_eq!(classify(&c, &late, || unreachable!(), 0, 180 * MS), Some(FAIL), "before the deadline: the server's");
+    let long = Ending { deadline: Some(5 * S), ..grpc(Some(200), Some(4)) };
+    assert_eq!(classify(&c, &long, || unreachable!(), 5 * S, 5 * S), Some(SLOW), "past slow_call_duration");
+    assert_eq!(classify(&c, &grpc(Some(200), Some(4)), || unreachable!(), 0, 10 * S), Some(FAIL), "no deadline sent");
+    let other = Ending { deadline: Some(100 * MS), ..grpc(Some(200), Some(14)) };
+    assert_eq!(classify(&c, &other, || unreachable!(), 0, S), Some(FAIL), "only DEADLINE_EXCEEDED");
+}
+
+#[test]
+fn grpc_timeouts_parse_per_the_grpc_protocol() {
+    assert_eq!(grpc_timeout(b"200m"), Some(200 * MS));
+    assert_eq!(grpc_timeout(b"1S"), Some(S));
+    assert_eq!(grpc_timeout(b"2M"), Some(120 * S));
+    assert_eq!(grpc_timeout(b"1H"), Some(3600 * S));
+    assert_eq!(grpc_timeout(b"99999999u"), Some(99_999_999_000));
+    assert_eq!(grpc_timeout(b"5n"), Some(5));
+    for bad in [&b""[..], b"m", b"123456789m", b"10x", b"-1S", b"1.5S", b" 1S"] {
+        assert_eq!(grpc_timeout(bad), None, "{}", String::from_utf8_lossy(bad));
+    }
 }
 
 #[test]
