@@ -139,6 +139,15 @@ pub struct Dedup {
     pub fingerprint: Fingerprint,
     pub scope: Scope,
     pub max_entries: u32,
+    pub mode: DedupMode,
+}
+
+/// SPEC §2 "Modes": `metrics_only` reads, checks, stores and counts keys exactly as `enforce`
+/// does, but sends no reply of its own (the roll-out's dry run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DedupMode {
+    Enforce,
+    MetricsOnly,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,6 +267,7 @@ impl Default for Dedup {
             fingerprint: Fingerprint::None,
             scope: Scope::Rule,
             max_entries: 100_000,
+            mode: DedupMode::Enforce,
         }
     }
 }
@@ -612,6 +622,7 @@ pub const DEDUP_KEYS: &[&str] = &[
     "fingerprint",
     "scope",
     "max_entries",
+    "mode",
 ];
 
 fn parse_dedup(mut d: Dedup, mut f: Fields) -> Option<Dedup> {
@@ -662,6 +673,9 @@ fn parse_dedup(mut d: Dedup, mut f: Fields) -> Option<Dedup> {
     }
     if let Some(v) = f.int("max_entries", 1, MAX_DEDUP_ENTRIES) {
         d.max_entries = v as u32;
+    }
+    if let Some(v) = f.choice("mode", &["enforce", "metrics_only"]) {
+        d.mode = if v == "metrics_only" { DedupMode::MetricsOnly } else { DedupMode::Enforce };
     }
     Some(d)
 }

@@ -169,6 +169,10 @@ fn invalid_values_are_reported_with_their_json_path() {
         (r#"{"dedup": {"fingerprint": "sha"}}"#, "dedup.fingerprint: must be one of \"none\", \"method_path\", \"body\", got \"sha\""),
         (r#"{"dedup": {"scope": "global"}}"#, "dedup.scope: must be one of \"rule\", \"caller\", got \"global\""),
         (r#"{"dedup": {"max_entries": 0}}"#, "dedup.max_entries: must be an integer from 1 to 1000000, got 0"),
+        (r#"{"dedup": {"mode": "dry_run"}}"#, "dedup.mode: must be one of \"enforce\", \"metrics_only\", got \"dry_run\""),
+        (r#"{"dedup": {"mode": "disabled"}}"#, "dedup.mode: must be one of \"enforce\", \"metrics_only\", got \"disabled\""),
+        (r#"{"routes": [{"name": "a", "dedup": {"mode": 1}}]}"#, "routes[0].dedup.mode: must be a string, got a number"),
+        (r#"{"dedup": {"mod": "enforce"}}"#, "dedup.mod: unknown key (expected one of: headers, methods, ttl, in_flight_ttl, on_missing, duplicate_status, success_status, fingerprint, scope, max_entries, mode)"),
         (r#"{"routes": {}}"#, "routes: must be an array, got an object"),
         (r#"{"routes": [{}]}"#, "routes[0].name: is required"),
         (r#"{"routes": [{"name": ""}]}"#, "routes[0].name: must be 1-64 characters of A-Z a-z 0-9 _ - ., got \"\""),
@@ -290,4 +294,32 @@ fn durations_too_large_to_add_up_are_rejected_not_wrapped() {
         let json = format!(r#"{{"circuit_breaker": {{"open_duration": "{text}"}}}}"#);
         assert_eq!(errors(&json).len(), 1, "{text}");
     }
+}
+
+/// SPEC §2 "Modes": the dry run is a dedup key like the others, merged per rule.
+#[test]
+fn dedup_mode_defaults_to_enforce_and_merges_per_rule() {
+    assert_eq!(ok(r#"{"dedup": {}}"#).default_rule.dedup.unwrap().mode, DedupMode::Enforce);
+    let c = ok(r#"{
+        "dedup": {"mode": "metrics_only", "ttl": "1m"},
+        "routes": [
+            {"name": "inherits"},
+            {"name": "enforces", "dedup": {"mode": "enforce"}},
+            {"name": "other-key", "dedup": {"ttl": "2m"}},
+            {"name": "off", "dedup": "disabled"}
+        ]}"#);
+    let mode = |i: usize| c.rules[i].dedup.as_ref().map(|d| d.mode);
+    assert_eq!(c.default_rule.dedup.as_ref().unwrap().mode, DedupMode::MetricsOnly);
+    assert_eq!(mode(0), Some(DedupMode::MetricsOnly));
+    assert_eq!(mode(1), Some(DedupMode::Enforce));
+    // Setting another key keeps the inherited mode (merged, not replaced).
+    assert_eq!(mode(2), Some(DedupMode::MetricsOnly));
+    assert_eq!(c.rules[2].dedup.as_ref().unwrap().ttl, 120 * SECOND);
+    assert_eq!(mode(3), None);
+    // A rule turning dedup on under a top level without dedup starts from the default, enforce;
+    // and a rule can start its own dry run under an enforcing top level.
+    let c = ok(r#"{"routes": [{"name": "a", "dedup": {}}, {"name": "b", "dedup": {"mode": "metrics_only"}}]}"#);
+    assert_eq!(c.rules[0].dedup.as_ref().unwrap().mode, DedupMode::Enforce);
+    assert_eq!(c.rules[1].dedup.as_ref().unwrap().mode, DedupMode::MetricsOnly);
+    assert!(c.default_rule.dedup.is_none());
 }
