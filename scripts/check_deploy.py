@@ -6,7 +6,7 @@ the tools (promtool, buildah) first. Each check prints one line; any failure exi
 
 * every YAML/JSON file under istio/ and envoy/ parses;
 * every Istio resource validates against Istio's published CRD schemas
-  (../shared/istio/customresourcedefinitions.gen.yaml) with jsonschema, with the structural-schema
+  (vendored in scripts/deploy-tests/istio-crds/, origin and licence in its README) with jsonschema, with the structural-schema
   semantics of the Kubernetes API server in strict field validation (unknown fields rejected unless
   the schema preserves them) and the schemas' CEL rules (x-kubernetes-validations) evaluated with
   cel-python; Kubernetes built-in kinds validate with kubernetes-validate (strict);
@@ -616,7 +616,7 @@ def check_compose(docs):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--wasm", default=str(ROOT / "target/wasm32-wasip1/release/meshguard.wasm"))
-    parser.add_argument("--crds", default=str(ROOT.parent / "shared/istio/customresourcedefinitions.gen.yaml"))
+    parser.add_argument("--crds", default=str(ROOT / "scripts/deploy-tests/istio-crds/customresourcedefinitions.yaml"))
     args = parser.parse_args()
     wasm = Path(args.wasm).resolve()
     if not wasm.exists():
