@@ -21,7 +21,10 @@ the tools (promtool, buildah) first. Each check prints one line; any failure exi
   label names match the mesh and bootstrap tag settings;
 * the Dockerfile puts the module at /plugin.wasm in a one-layer scratch image, and buildah builds
   it into an OCI layout that is checked against Istio's "compat" Wasm image format;
-* envoy/docker-compose.yaml mounts existing bootstraps and the module, without port clashes.
+* envoy/docker-compose.yaml mounts existing bootstraps and the module, without port clashes;
+* `meshguard validate` installs with the one documented command (`cargo install --locked --path .
+  --features cli`), accepts every shipped Istio file and fails, naming file and JSON path, on a
+  broken copy.
 """
 
 import argparse
@@ -613,6 +616,41 @@ def check_compose(docs):
         ok(f"{rel(path)}: {len(compose['services'])} services, bootstraps and module mounted, ports {sorted(ports)} distinct")
 
 
+# ---------------------------------------------------------------------------------------------
+# meshguard validate, installed as a user installs it
+
+
+def check_cli(docs, workdir):
+    root, build = ROOT / "target" / "cli-root", ROOT / "target" / "cli-build"
+    install = ["cargo", "install", "--locked", "--quiet", "--path", ".", "--features", "cli",
+               "--root", str(root), "--target-dir", str(build)]
+    started = time.monotonic()
+    run = subprocess.run(install, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    if run.returncode != 0:
+        fail(f"`cargo install --locked --path . --features cli` failed: {run.stderr.strip()[-800:]}")
+        return
+    binary = root / "bin" / "meshguard"
+    ok(f"cargo install --locked --path . --features cli: {rel(binary)} ({time.monotonic() - started:.1f}s)")
+    files = sorted(str(p) for p in (ROOT / "istio").glob("*.yaml"))
+    run = subprocess.run([str(binary), "validate", *files], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    expected = len(plugin_configs(docs))
+    summary = f"{expected} valid configurations, 0 errors"
+    if run.returncode == 0 and summary in run.stdout:
+        ok(f"meshguard validate istio/*.yaml: exit 0, {summary}")
+    else:
+        fail(f"meshguard validate istio/*.yaml: exit {run.returncode}, expected {summary!r}:\n{run.stdout}{run.stderr}")
+    broken = Path(workdir) / "wasmplugin-inbound.yaml"
+    text = (ROOT / "istio" / "wasmplugin-inbound.yaml").read_text()
+    broken.write_text(text.replace("scope: caller", "scope: global", 1))
+    run = subprocess.run([str(binary), "validate", str(broken)], capture_output=True, text=True, timeout=60)
+    line = (f"{broken}: WasmPlugin orders/meshguard-inbound: spec.pluginConfig: dedup.scope: "
+            'must be one of "rule", "caller", got "global"')
+    if run.returncode == 1 and line in run.stdout.splitlines():
+        ok("broken copy rejected by the installed meshguard validate: exit 1, file and JSON path named")
+    else:
+        fail(f"meshguard validate on a broken copy: exit {run.returncode}, expected the line {line!r}:\n{run.stdout}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--wasm", default=str(ROOT / "target/wasm32-wasip1/release/meshguard.wasm"))
@@ -635,6 +673,7 @@ def main():
         check_stat_settings(docs, metrics)
         check_dockerfile(wasm, workdir)
         check_compose(docs)
+        check_cli(docs, workdir)
     took = time.monotonic() - started
     print(f"\ndeploy checks ({took:.1f}s):\n{len(PASSED)} passed, {len(FAILURES)} failed")
     sys.exit(1 if FAILURES else 0)
