@@ -153,11 +153,12 @@ fn every_form_of_one_plugin_carries_the_same_config() {
 }
 
 #[test]
-fn istio_configs_leave_trace_headers_to_envoys_tracer() {
-    // istio/README.md: Istio's sidecars trace by default, so meshguard must defer to Envoy's
-    // tracer (two traces per request otherwise).
+fn istio_configs_leave_the_trace_mode_to_the_default() {
+    // docs/deploy.md "Trace context": Istio configures no tracer by default since 1.22, so a
+    // fixed `defer` would switch trace context off; the default writes W3C context without a
+    // tracer and follows Envoy's tracer when there is one (SPEC trace.mode "auto").
     for s in shipped_istio_configs() {
-        assert_eq!(s.config["trace"]["mode"], "defer", "{} ({})", s.file, s.kind);
+        assert_eq!(s.config["trace"].get("mode"), None, "{} ({})", s.file, s.kind);
     }
 }
 
@@ -181,8 +182,12 @@ fn outbound_istio_config_stamps_event_ids_and_meters_the_breaker_without_rejecti
     let line = envoy.access_log_for("out-1");
     assert_eq!(line["event_id"], event_id.as_str());
     assert_eq!(line["dedup"], "generated");
-    // trace.mode defer: meshguard writes no trace header of its own.
-    assert_eq!(received.header("traceparent"), None);
+    // No tracer in this Envoy (as in a default Istio mesh): the default trace mode writes W3C
+    // trace context, and the access log names the trace the upstream received.
+    let traceparent = received.header("traceparent").expect("a traceparent on a mesh without a tracer");
+    let fields: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!((fields.len(), fields[0]), (4, "00"), "{traceparent}");
+    assert_eq!(line["trace_id"], fields[1], "{traceparent}");
 
     // The breaker opens on failures, in stats only: nothing is rejected.
     for i in 0..minimum_calls {
@@ -208,8 +213,12 @@ fn outbound_istio_config_stamps_event_ids_and_meters_the_breaker_without_rejecti
 }
 
 #[test]
-fn inbound_istio_config_replays_duplicates_and_refuses_events_without_id() {
-    let config = istio_config("wasmplugin-inbound.yaml");
+fn inbound_istio_config_replays_duplicates_and_refuses_events_without_id_once_enforcing() {
+    // The roll-out's second step (docs/deploy.md "Roll-out"): the shipped consumer configuration
+    // with dedup.mode switched from metrics_only to enforce.
+    let mut config = istio_config("wasmplugin-inbound.yaml");
+    assert_eq!(config["dedup"]["mode"], "metrics_only", "the shipped consumer side starts as a dry run");
+    config["dedup"]["mode"] = json!("enforce");
     let upstream = Upstream::start();
     let envoy = Envoy::start(&serde_json::to_string(&config).unwrap(), upstream.port);
     assert_accepted(&envoy, "wasmplugin-inbound.yaml");
@@ -242,6 +251,33 @@ fn inbound_istio_config_replays_duplicates_and_refuses_events_without_id() {
     assert_eq!(missing.status, 400);
     assert_eq!(upstream.hits(), 1);
     envoy.wait_metric(r#"meshguard_dedup_total{rule="events",outcome="duplicate"}"#, 1.0);
+}
+
+#[test]
+#[ignore = "dedup.mode metrics_only is parsed; its behaviour lands with the dedup stage (SPEC §2 \"Modes\")"]
+fn inbound_istio_config_starts_as_a_dry_run_that_answers_nothing() {
+    // SPEC §2 "Modes": under metrics_only every request reaches the service — no 400, 409, 422
+    // or replayed duplicate, no x-meshguard-dedup — while the outcomes are counted as when
+    // enforcing.
+    let config = istio_config("wasmplugin-inbound.yaml");
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(&serde_json::to_string(&config).unwrap(), upstream.port);
+    assert_accepted(&envoy, "wasmplugin-inbound.yaml");
+    let event = |body: &str| Request::post("/events").header("x-event-id", "evt-dry").body(body);
+    for (request, what) in [
+        (event(r#"{"order":1}"#), "first"),
+        (event(r#"{"order":1}"#), "duplicate"),
+        (event(r#"{"order":2}"#), "same id, other body"),
+        (Request::post("/events").body("{}"), "no id"),
+    ] {
+        let response = send(envoy.port, &request).unwrap();
+        assert_eq!(response.status, 200, "{what}");
+        assert_eq!(response.header("x-meshguard-dedup"), None, "{what}");
+    }
+    assert_eq!(upstream.hits(), 4, "every request reached the service");
+    envoy.wait_metric(r#"meshguard_dedup_total{rule="events",outcome="duplicate"}"#, 1.0);
+    envoy.wait_metric(r#"meshguard_dedup_total{rule="events",outcome="mismatch"}"#, 1.0);
+    envoy.wait_metric(r#"meshguard_dedup_total{rule="events",outcome="missing"}"#, 1.0);
 }
 
 #[test]
@@ -651,6 +687,20 @@ fn a_first_configuration_envoy_rejects_answers_500_on_every_request() {
         (r.status == 200).then_some(r)
     });
     assert!(ok.header("x-correlation-id").is_some(), "meshguard runs");
+}
+
+#[test]
+fn a_missing_module_file_is_refused_like_an_invalid_configuration_even_fail_open() {
+    // docs/deploy.md "Failure modes": with a file:// url (or the EnvoyFilter form) nothing is
+    // fetched; a module file that is not there makes Envoy refuse the filter configuration, and
+    // FAIL_OPEN does not turn that into a pass-through.
+    let upstream = Upstream::start();
+    let mut filter = istio_wasm_filter("{}", "FAIL_OPEN");
+    filter["config"]["vm_config"]["code"]["local"]["filename"] = json!("/nonexistent/meshguard.wasm");
+    let sidecar = SidecarLike::start(filter, upstream.port);
+    assert_eq!(sidecar.get("/events").status, 500);
+    assert_eq!(sidecar.access_log_for_path("/events")["response_flags"], "NFCF");
+    assert_eq!(upstream.hits(), 0);
 }
 
 #[test]
