@@ -496,18 +496,30 @@ def exported_metrics():
 
 METRIC_RE = re.compile(r"\bmeshguard_[a-z_]+\b")
 LABELS = {"rule", "to", "outcome"}
+# What Istio's sample scrape configuration attaches to a pod's series (samples/addons/prometheus.yaml:
+# namespace, pod, and the pod's labels, among them the canonical name sidecar injection sets).
+SCRAPE_LABELS = {"namespace", "pod", "service_istio_io_canonical_name"}
+# Labels of Istio's own metrics the rules use: istio_requests_total (istio/proxy
+# testdata/metric/client_request_total.yaml.tmpl), the agent's result and istiod's type.
+ISTIO_LABELS = {"reporter", "response_code", "response_flags", "result", "type"}
 
 
 def check_exprs(where, exprs, metrics):
     used = set()
     for expr in exprs:
+        # Rules of different workloads share names (health, default, …), and a circuit or store
+        # belongs to one pod: every aggregation keeps the namespace and the workload (or pod).
+        for grouping in re.findall(r"\bby\s*\(([^)]*)\)", expr):
+            labels = {l.strip() for l in grouping.split(",")}
+            if METRIC_RE.search(expr) and not ({"namespace"} <= labels and labels & {"service_istio_io_canonical_name", "pod"}):
+                fail(f"{where}: `by ({grouping})` mixes workloads: {expr!r}")
         names = set(METRIC_RE.findall(expr))
         unknown = names - metrics
         if unknown:
             fail(f"{where}: unknown metric(s) {sorted(unknown)} in {expr!r}")
         used |= names
         for label in re.findall(r"\b(rule|to|outcome|[a-z_]+)\s*(?:=~|!=|!~|=)\s*\"", expr):
-            if label not in LABELS | {"namespace", "pod"}:
+            if label not in LABELS | SCRAPE_LABELS | ISTIO_LABELS:
                 fail(f"{where}: label {label!r} is neither a meshguard tag nor a scrape label: {expr!r}")
     return used
 
@@ -526,11 +538,18 @@ def check_alerts(metrics):
     rules = yaml.safe_load(path.read_text())
     exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
     alerts = {r.get("alert") for g in rules["groups"] for r in g["rules"]}
-    for needed in ("MeshguardCircuitOpened", "MeshguardDuplicateRateHigh", "MeshguardInternalErrors"):
+    for needed in ("MeshguardCircuitOpen", "MeshguardDuplicateRateHigh", "MeshguardInternalErrors"):
         if needed not in alerts:
             fail(f"{rel(path)}: alert {needed} missing")
     used = check_exprs(rel(path), exprs, metrics)
-    ok(f"{rel(path)}: {len(exprs)} alerts, metrics used {sorted(used)} all exported by meshguard")
+    needed = {"MeshguardModuleFetchFailed", "MeshguardConfigRejected", "MeshguardFilterConfigMissing", "MeshguardNotRunning"}
+    if needed - alerts:
+        fail(f"{rel(path)}: the roll-out failure modes lack alerts {sorted(needed - alerts)}")
+    critical = {r["alert"] for g in rules["groups"] for r in g["rules"] if r.get("labels", {}).get("severity") == "critical"}
+    if any(name.startswith("MeshguardCircuit") for name in critical):
+        fail(f"{rel(path)}: a circuit alert is critical ({sorted(critical)}): metrics do not tell enforce from metrics_only")
+    ok(f"{rel(path)}: {len(exprs)} alerts, meshguard metrics used {sorted(used)} all exported by meshguard; "
+       f"critical only {sorted(critical)}")
 
 
 def check_dashboard(metrics, workdir):
@@ -538,7 +557,11 @@ def check_dashboard(metrics, workdir):
     dash = json.loads(path.read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
     # Grafana's variables, as Grafana substitutes them, so that promtool can parse the queries.
-    concrete = [e.replace("$__rate_interval", "5m").replace('"$namespace"', '".*"') for e in exprs]
+    variables = {v["name"] for v in dash["templating"]["list"]}
+    for needed in ("datasource", "namespace", "workload", "rule"):
+        if needed not in variables:
+            fail(f"{rel(path)}: no dashboard variable {needed!r}")
+    concrete = [re.sub(r'"\$[a-z]+"', '".*"', e.replace("$__rate_interval", "5m")) for e in exprs]
     rules = {"groups": [{"name": "dashboard", "rules": [
         {"record": f"meshguard:dashboard_query_{i}", "expr": e} for i, e in enumerate(concrete)]}]}
     rules_path = Path(workdir) / "dashboard-queries.rules.yaml"
