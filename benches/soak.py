@@ -14,7 +14,7 @@ evicts for the rest of the run. Envoy's RSS (/proc/<pid>/status VmRSS) is sample
 --sample seconds together with meshguard's stats. Checks:
 
 * RSS after warm-up (the first quarter of the run, at least 15 s) grows by at most the bound:
-  2 x the dedup store's bytes bound (README: 47 bytes per entry + 200 per bucket) + 4 MiB of
+  2 x the dedup store's bytes bound (docs/behaviour.md: 47 bytes per slot, 3 slots per entry, + 200 per bucket of 16) + 4 MiB of
   allocator and Envoy slack (--slack-mb);
 * meshguard_errors_total stays 0, no VM failure line in Envoy's log, wasm.meshguard.vm_reload 0;
 * meshguard_dedup_entries never exceeds max_entries, and evictions happened (the store filled);
@@ -51,13 +51,15 @@ CYCLE = [("healthy", 14), ("5xx", 6), ("healthy", 8), ("slow", 6), ("healthy", 8
 SLOW_MS = 300
 
 ENTRY_BYTES = 47  # src/dedup/store.rs ENTRY_BYTES
-PER_BUCKET = 8
+PER_BUCKET = 16  # src/dedup/store.rs PER_BUCKET
+HEADROOM = 3  # src/dedup/store.rs HEADROOM
 
 
 def store_bytes_bound(max_entries):
     """src/dedup/store.rs Layout::bytes_bound."""
-    buckets = max(max_entries // PER_BUCKET, 1)
-    per_bucket = max_entries // buckets
+    slots = max(max_entries, 1) * HEADROOM
+    per_bucket = min(PER_BUCKET, slots)
+    buckets = -(-slots // per_bucket)
     return buckets * (2 + per_bucket * ENTRY_BYTES + 200)
 
 

@@ -462,7 +462,7 @@ def check_plugin_configs(docs, wasm, workdir):
         fail(f"expected the outbound and inbound WasmPlugin, TrafficExtension and EnvoyFilter, found {len(configs)}")
     for label, config, patched in configs:
         # The default trace mode follows Envoy's tracer when there is one and writes W3C context
-        # when there is none (SPEC trace.mode "auto"; Istio has no tracer by default since 1.22).
+        # when there is none (trace.mode "auto", docs/behaviour.md; Istio has no tracer by default since 1.22).
         if "mode" in config.get("trace", {}):
             fail(f"{label}: trace.mode is set ({config['trace']['mode']!r}): leave it to the default (docs/deploy.md)")
         valid, log = envoy_validate(bootstrap_with(meshguard_filter(config, wasm), wasm), workdir)

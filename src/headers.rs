@@ -12,7 +12,7 @@
 
 use std::ops::Range;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HeaderMap {
     buf: Vec<u8>,
     entries: Vec<(Range<usize>, Range<usize>)>,

@@ -14,8 +14,12 @@ pub mod headers;
 pub mod ids;
 pub mod logline;
 pub mod metrics;
+pub mod reply;
 pub mod rules;
 pub mod trace;
+
+#[cfg(not(all(target_arch = "wasm32", target_os = "wasi")))]
+pub mod testing;
 
 #[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 mod host;

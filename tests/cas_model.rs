@@ -1,14 +1,16 @@
 //! The shared-data compare-and-swap protocols of the circuit breaker and the dedup store under
-//! interleavings of several Envoy workers (SPEC "Where it runs": `--concurrency N` must behave like
-//! `--concurrency 1`).
+//! interleavings of several Envoy workers (docs/behaviour.md "Where it runs": `--concurrency N` must behave
+//! like `--concurrency 1`).
 //!
 //! Each "worker" is its own [`Plugin`] (Envoy runs one VM per worker) driving streams through the
-//! public flow (`on_request_headers`, `on_response_headers`, `on_log`) against one [`Store`] that
-//! behaves like Envoy 1.40's shared data: a missing key reads as nothing, a write with cas 0 (or
-//! to a missing key) is unconditional, a stale cas fails with a mismatch, every write takes the
-//! next process-wide cas. The interleaving points are the workers' `shared_get` / `shared_set`
-//! calls: each worker runs in a thread that parks at every such call until a scheduler lets it
-//! take that one step, so one schedule is one deterministic run. The schedulers:
+//! public flow (`on_request_headers`, `on_response_headers`, `on_log`) against one process, the
+//! project's test double [`meshguard::testing::Proxy`], whose shared data behaves like Envoy
+//! 1.40's: a missing key reads as nothing, a write with cas 0 (or to a missing key) is
+//! unconditional, a stale cas fails with a mismatch, every write takes the next process-wide cas.
+//! Each stream has its own [`FakeHost`] over that process. The interleaving points are the
+//! workers' `shared_get` / `shared_set` calls (and reads and increments of circuit stats), where
+//! the host calls its gate: each worker runs in a thread that parks there until a scheduler lets
+//! it take that one step, so one schedule is one deterministic run. The schedulers:
 //!
 //! * [`Dfs`] enumerates every schedule of a small scenario (stateless re-execution with
 //!   backtracking over the recorded choice points);
@@ -27,17 +29,19 @@ use std::sync::{Arc, Barrier, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use meshguard::breaker::{self, Calls, Phase, State};
-use meshguard::config::{self, LogLevel};
+use meshguard::config;
 use meshguard::dedup::store::{Bucket, Phase as EntryPhase};
-use meshguard::filter::{Host, HostError, MetricId, Metrics, Plugin, Stream, Verdict, MAX_CAS_ATTEMPTS};
-use meshguard::headers::HeaderMap;
+use meshguard::filter::{Plugin, Stream, Verdict, MAX_CAS_ATTEMPTS};
 use meshguard::ids::TestEntropy;
 use meshguard::metrics;
+use meshguard::testing::{self, Commit, FakeHost, Op, Proxy, ProxyRef};
 
 // ---------------------------------------------------------------------------------------------
-// The process: shared data, stats and the application log, as Envoy keeps them for all workers.
+// The process: one `meshguard::testing::Proxy` (shared data, stats, application log, clock) for
+// all workers; each stream of each worker gets a `FakeHost` over it.
 
-/// What a worker was doing when it wrote, for the sequential reference replay.
+/// What a worker was doing when it wrote, for the sequential reference replay (recorded with each
+/// commit as the writing host's `label`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Label {
     Configure,
@@ -48,111 +52,70 @@ enum Label {
     },
 }
 
-#[derive(Clone, Debug)]
-struct Commit {
-    key: String,
-    worker: usize,
-    label: Label,
-    value: Vec<u8>,
-}
-
-/// Envoy's shared data (proxy-wasm-cpp-host `SharedData`, checked on Envoy 1.40).
-#[derive(Default)]
-struct Store {
-    values: HashMap<String, (Vec<u8>, u32)>,
-    last_cas: u32,
-    /// Every conditional write fails, as if another worker always wrote first.
-    always_mismatch: bool,
-    commits: Vec<Commit>,
-    /// Failed swaps, by worker.
-    mismatches: HashMap<usize, usize>,
-}
-
-impl Store {
-    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.values.get(key).cloned()
-    }
-
-    fn set(&mut self, key: &str, value: &[u8], cas: u32, worker: usize, label: Label) -> bool {
-        let next = match self.last_cas.wrapping_add(1) {
-            0 => 1,
-            n => n,
-        };
-        match self.values.get_mut(key) {
-            Some(entry) => {
-                if cas != 0 && (self.always_mismatch || cas != entry.1) {
-                    *self.mismatches.entry(worker).or_default() += 1;
-                    return false;
-                }
-                // An empty value keeps the key (Envoy never removes one) and still takes a new cas.
-                *entry = (value.to_vec(), next);
-            }
-            // A missing key is created whatever the cas.
-            None => {
-                self.values.insert(key.to_string(), (value.to_vec(), next));
-            }
+impl Label {
+    fn code(self) -> u8 {
+        match self {
+            Label::Configure => 0,
+            Label::Request => 1,
+            Label::Outcome { failure: false } => 2,
+            Label::Outcome { failure: true } => 3,
         }
-        self.last_cas = next;
-        self.commits.push(Commit { key: key.to_string(), worker, label, value: value.to_vec() });
-        true
+    }
+
+    fn of(commit: &Commit) -> Label {
+        match commit.label {
+            0 => Label::Configure,
+            1 => Label::Request,
+            2 => Label::Outcome { failure: false },
+            3 => Label::Outcome { failure: true },
+            other => panic!("no label {other}"),
+        }
     }
 }
 
-#[derive(Default)]
-struct Process {
-    store: Store,
-    /// Metric names; the id is the index. Every VM that defines a name gets the same stat.
-    names: Vec<String>,
-    values: HashMap<MetricId, i64>,
-    logs: Vec<(usize, LogLevel, String)>,
-    clock: u64,
+/// A fresh process: every commit recorded; every clock reading moves the clock on by 1 ns, as a
+/// real clock would between calls.
+fn new_world() -> ProxyRef {
+    let mut proxy = Proxy { clock_step: 1, ..Proxy::default() };
+    proxy.shared.record = true;
+    Arc::new(Mutex::new(proxy))
 }
 
-impl Process {
-    /// Circuit counters are interleaving points: workers may compare them with what they know.
-    fn watched(&self, metric: MetricId) -> bool {
-        self.names.get(metric as usize).is_some_and(|n| n.contains("meshguard_circuit_"))
-    }
+/// What the checks read of the process.
+trait World {
+    fn proxy(&self) -> MutexGuard<'_, Proxy>;
+    fn metric(&self, name: &str) -> i64;
+    fn logs_containing(&self, needle: &str) -> usize;
+    fn value(&self, key: &str) -> Vec<u8>;
+    fn set_clock(&self, ns: u64);
 }
 
-#[derive(Default)]
-struct World(Mutex<Process>);
-
-impl World {
-    fn lock(&self) -> MutexGuard<'_, Process> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+impl World for ProxyRef {
+    fn proxy(&self) -> MutexGuard<'_, Proxy> {
+        self.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn metric(&self, name: &str) -> i64 {
-        let p = self.lock();
-        let id = p.names.iter().position(|n| n == name).unwrap_or_else(|| panic!("no metric {name}"));
-        p.values.get(&(id as MetricId)).copied().unwrap_or(0)
+        let p = self.proxy();
+        assert!(p.stats.defined(name), "no metric {name}");
+        p.stats.value(name)
     }
 
     fn logs_containing(&self, needle: &str) -> usize {
-        self.lock().logs.iter().filter(|(_, _, l)| l.contains(needle)).count()
+        self.proxy().logs.iter().filter(|(_, _, l)| l.contains(needle)).count()
     }
 
     fn value(&self, key: &str) -> Vec<u8> {
-        self.lock().store.get(key).unwrap_or_else(|| panic!("no shared data {key}")).0
+        self.proxy().shared.peek(key).unwrap_or_else(|| panic!("no shared data {key}")).to_vec()
     }
 
     fn set_clock(&self, ns: u64) {
-        self.lock().clock = ns;
+        self.proxy().clock = ns;
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // The gate: workers park at each shared-data call until the scheduler hands them the turn.
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Op {
-    Get,
-    Set,
-    /// A read of a process-wide counter, or an increment of a circuit counter (other workers may
-    /// validate what they know against those).
-    Stat,
-}
 
 struct Gate {
     parked: Vec<Option<Op>>,
@@ -318,119 +281,16 @@ impl Strategy for Starve {
 // ---------------------------------------------------------------------------------------------
 // One worker's host for one stream.
 
-struct WorkerHost {
-    worker: usize,
-    world: Arc<World>,
-    gate: Option<Arc<Sched>>,
-    label: Label,
-    request: Vec<(String, Vec<u8>)>,
-    response: Vec<(String, Vec<u8>)>,
-    state: HashMap<String, Vec<u8>>,
-    local_reply: Option<u32>,
-}
-
-impl WorkerHost {
-    fn new(worker: usize, world: &Arc<World>, gate: Option<&Arc<Sched>>) -> WorkerHost {
-        WorkerHost {
-            worker,
-            world: world.clone(),
-            gate: gate.cloned(),
-            label: Label::Configure,
-            request: Vec::new(),
-            response: Vec::new(),
-            state: HashMap::new(),
-            local_reply: None,
-        }
+/// Worker `worker`'s host for a new stream, parked by `sched` at each shared-data call and at
+/// each read or increment of a circuit stat (workers may compare those with what they know).
+fn worker_host(world: &ProxyRef, worker: usize, sched: Option<&Arc<Sched>>, label: Label) -> FakeHost {
+    let mut host = FakeHost::worker(world, worker);
+    host.label = label.code();
+    host.watch = Some("meshguard_circuit_");
+    if let Some(sched) = sched.cloned() {
+        host.gate = Some(Box::new(move |worker, op| sched.pass(worker, op)));
     }
-
-    fn pass(&self, op: Op) {
-        if let Some(gate) = &self.gate {
-            gate.pass(self.worker, op);
-        }
-    }
-
-    fn state(&self, key: &str) -> Option<String> {
-        self.state.get(key).map(|v| String::from_utf8_lossy(v).into_owned())
-    }
-}
-
-fn set_header(list: &mut Vec<(String, Vec<u8>)>, name: &str, value: &[u8]) {
-    list.retain(|(k, _)| k != name);
-    list.push((name.to_string(), value.to_vec()));
-}
-
-impl Host for WorkerHost {
-    fn request_headers(&mut self) -> HeaderMap {
-        HeaderMap::from_pairs(&self.request)
-    }
-    fn set_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
-        set_header(&mut self.request, name, value);
-        Ok(())
-    }
-    fn remove_request_header(&mut self, name: &str) -> Result<(), HostError> {
-        self.request.retain(|(k, _)| k != name);
-        Ok(())
-    }
-    fn set_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
-        set_header(&mut self.response, name, value);
-        Ok(())
-    }
-    fn add_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
-        self.response.push((name.to_string(), value.to_vec()));
-        Ok(())
-    }
-    fn property(&mut self, _path: &[&str]) -> Option<Vec<u8>> {
-        None
-    }
-    fn set_filter_state(&mut self, key: &str, value: &[u8]) -> Result<(), HostError> {
-        self.state.insert(key.to_string(), value.to_vec());
-        Ok(())
-    }
-    fn increment(&mut self, metric: MetricId, by: i64) {
-        if self.world.lock().watched(metric) {
-            self.pass(Op::Stat);
-        }
-        *self.world.lock().values.entry(metric).or_default() += by;
-    }
-    fn metric(&mut self, metric: MetricId) -> Option<u64> {
-        self.pass(Op::Stat);
-        let p = self.world.lock();
-        p.names.get(metric as usize)?;
-        Some(p.values.get(&metric).copied().unwrap_or(0) as u64)
-    }
-    fn set_gauge(&mut self, metric: MetricId, value: u64) {
-        self.world.lock().values.insert(metric, value as i64);
-    }
-    fn log(&mut self, level: LogLevel, message: &str) {
-        self.world.lock().logs.push((self.worker, level, message.to_string()));
-    }
-    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
-        self.response.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-    }
-    /// The process clock; every reading moves it on by 1 ns, as a real clock would between calls.
-    fn now(&mut self) -> u64 {
-        let mut p = self.world.lock();
-        p.clock += 1;
-        p.clock
-    }
-    fn shared_get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
-        self.pass(Op::Get);
-        Ok(self.world.lock().store.get(key))
-    }
-    fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, HostError> {
-        self.pass(Op::Set);
-        Ok(self.world.lock().store.set(key, value, cas, self.worker, self.label))
-    }
-    fn send_local_reply(&mut self, status: u32, _headers: &HeaderMap, _body: &[u8]) -> Result<(), HostError> {
-        self.local_reply = Some(status);
-        Ok(())
-    }
-    fn request_body(&mut self, _max: usize) -> Option<Vec<u8>> {
-        Some(Vec::new())
-    }
-    fn drop_request_body(&mut self, _size: usize) -> Result<(), HostError> {
-        Ok(())
-    }
+    host
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -478,19 +338,11 @@ struct Seen {
     dedup: Option<String>,
 }
 
-fn plugin(json: &str, world: &Arc<World>, worker: usize) -> Plugin {
-    let config = config::parse(json.as_bytes()).unwrap_or_else(|e| panic!("config: {e:?}"));
-    let metrics = Metrics::define(&config, |_, name| {
-        let mut p = world.lock();
-        let id = p.names.iter().position(|n| n == name).unwrap_or_else(|| {
-            p.names.push(name.to_string());
-            p.names.len() - 1
-        });
-        Some(id as MetricId)
-    });
-    let plugin = Plugin::new(config, metrics, "model");
+fn plugin(json: &str, world: &ProxyRef, worker: usize) -> Plugin {
+    let mut host = worker_host(world, worker, None, Label::Configure);
+    let plugin = testing::plugin(json, &mut host, "model");
     // on_configure of this worker's VM (before traffic, so not an interleaving point here).
-    plugin.init_shared(&mut WorkerHost::new(worker, world, None)).unwrap();
+    plugin.init_shared(&mut host).unwrap();
     plugin
 }
 
@@ -498,30 +350,29 @@ fn run_worker(
     worker: usize,
     plugin: &Plugin,
     script: &[Step],
-    world: &Arc<World>,
+    world: &ProxyRef,
     gate: Option<&Arc<Sched>>,
 ) -> Vec<Seen> {
     let mut entropy = TestEntropy(worker as u64 * 7919 + 1);
-    let mut open: HashMap<usize, (Stream, WorkerHost, Seen)> = HashMap::new();
+    let mut open: HashMap<usize, (Stream, FakeHost, Seen)> = HashMap::new();
     let mut seen = Vec::new();
     for step in script {
         match step {
             Step::Start(s, headers) => {
-                let mut host = WorkerHost::new(worker, world, gate);
+                let mut host = worker_host(world, worker, gate, Label::Request);
                 host.request = headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
-                host.label = Label::Request;
                 let mut stream = Stream::default();
                 let verdict = stream.on_request_headers(plugin, &mut host, &mut entropy);
                 let mut s_seen = Seen { worker, ..Seen::default() };
                 if verdict == Verdict::Stop {
                     // The local reply runs through the encoder path like any response.
-                    let status = host.local_reply.expect("Stop without a local reply");
+                    let status = host.local_replies.last().expect("Stop without a local reply").status;
                     host.response = vec![(":status".into(), status.to_string().into_bytes())];
-                    stream.on_response_headers(plugin, &mut host);
+                    stream.on_response_headers(plugin, &mut host, true);
                     stream.on_log(plugin, &mut host);
                     s_seen.local_reply = Some(status);
-                    s_seen.circuit = host.state("meshguard.circuit");
-                    s_seen.dedup = host.state("meshguard.dedup");
+                    s_seen.circuit = host.state_str("meshguard.circuit");
+                    s_seen.dedup = host.state_str("meshguard.dedup");
                     seen.push(s_seen);
                 } else {
                     assert_eq!(verdict, Verdict::Continue);
@@ -534,14 +385,14 @@ fn run_worker(
             Step::Respond(s, _) | Step::Reset(s) => {
                 let (mut stream, mut host, mut s_seen) = open.remove(s).unwrap();
                 let status = status_of(step);
-                host.label = Label::Outcome { failure: status.is_none_or(|st| st >= 500) };
+                host.label = Label::Outcome { failure: status.is_none_or(|st| st >= 500) }.code();
                 if let Some(st) = status {
                     host.response = vec![(":status".into(), st.to_string().into_bytes())];
-                    stream.on_response_headers(plugin, &mut host);
+                    stream.on_response_headers(plugin, &mut host, true);
                 }
                 stream.on_log(plugin, &mut host);
-                s_seen.circuit = host.state("meshguard.circuit");
-                s_seen.dedup = host.state("meshguard.dedup");
+                s_seen.circuit = host.state_str("meshguard.circuit");
+                s_seen.dedup = host.state_str("meshguard.dedup");
                 seen.push(s_seen);
             }
         }
@@ -565,13 +416,13 @@ enum Mode<'a> {
 }
 
 /// Runs the workers' scripts (one plugin each) over `world` and returns what every stream saw.
-fn run(json: &str, scripts: &[Vec<Step>], world: &Arc<World>, mode: Mode) -> Vec<Seen> {
+fn run(json: &str, scripts: &[Vec<Step>], world: &ProxyRef, mode: Mode) -> Vec<Seen> {
     run_after(json, &[], scripts, world, mode)
 }
 
 /// As [`run`], after each worker ran its `preludes` script alone, one worker after the other (so
 /// that each worker's plugin starts the concurrent part with what it learnt, e.g. a circuit copy).
-fn run_after(json: &str, preludes: &[Vec<Step>], scripts: &[Vec<Step>], world: &Arc<World>, mode: Mode) -> Vec<Seen> {
+fn run_after(json: &str, preludes: &[Vec<Step>], scripts: &[Vec<Step>], world: &ProxyRef, mode: Mode) -> Vec<Seen> {
     let n = scripts.len();
     let plugins: Vec<Plugin> = (0..n).map(|w| plugin(json, world, w)).collect();
     for (w, prelude) in preludes.iter().enumerate() {
@@ -635,9 +486,9 @@ fn report(what: &str, schedules: usize, started: Instant) {
 
 const KEY_PREFIX: &str = "meshguard/model/circuit/default/";
 
-fn circuit_key(world: &World) -> String {
-    let p = world.lock();
-    p.store.values.keys().find(|k| k.starts_with(KEY_PREFIX)).cloned().expect("circuit key created at configure")
+fn circuit_key(world: &ProxyRef) -> String {
+    let key = world.proxy().shared.keys().find(|k| k.starts_with(KEY_PREFIX)).map(str::to_string);
+    key.expect("circuit key created at configure")
 }
 
 fn breaker_cfg(json: &str) -> meshguard::config::Breaker {
@@ -648,7 +499,7 @@ fn m(name: &str, tags: &[(&str, &str)]) -> String {
     metrics::name(name, tags)
 }
 
-fn transitions(world: &World, to: &str) -> i64 {
+fn transitions(world: &ProxyRef, to: &str) -> i64 {
     world.metric(&m(metrics::CIRCUIT_TRANSITIONS_TOTAL, &[("rule", "default"), ("to", to)]))
 }
 
@@ -658,7 +509,7 @@ const RECORD_ALL: &str = r#"{"circuit_breaker": {"window": {"type": "count", "si
 
 /// No lost update: the window holds every recorded outcome, in an order that is a merge of the
 /// workers' own orders, and equals the sequential replay of the committed writes.
-fn check_every_outcome_recorded(world: &World, scripts: &[Vec<Step>]) {
+fn check_every_outcome_recorded(world: &ProxyRef, scripts: &[Vec<Step>]) {
     let cfg = breaker_cfg(RECORD_ALL);
     let key = circuit_key(world);
     let state = State::decode(&world.value(&key), &cfg).expect("circuit value decodes");
@@ -674,22 +525,22 @@ fn check_every_outcome_recorded(world: &World, scripts: &[Vec<Step>]) {
     assert_eq!(world.metric(&m(metrics::CIRCUIT_FAILURES_TOTAL, &[("rule", "default")])), failures as i64);
 
     // Sequential reference: the committed outcome writes, applied one at a time to a fresh state.
-    let p = world.lock();
+    let p = world.proxy();
     let committed: Vec<&Commit> =
-        p.store.commits.iter().filter(|c| c.key == key && matches!(c.label, Label::Outcome { .. })).collect();
+        p.shared.commits.iter().filter(|c| c.key == key && matches!(Label::of(c), Label::Outcome { .. })).collect();
     assert_eq!(committed.len(), total, "every outcome is one committed write");
     let mut reference = State::new(&cfg);
     let mut per_worker: Vec<Vec<bool>> = vec![Vec::new(); scripts.len()];
     for c in &committed {
-        let Label::Outcome { failure } = c.label else { unreachable!() };
+        let Label::Outcome { failure } = Label::of(c) else { unreachable!() };
         per_worker[c.worker].push(failure);
-        let t = reference.record(&cfg, 0, false, breaker::Outcome { failure, slow: false }, 0);
+        let t = reference.record(&cfg, 0, false, breaker::CallOutcome { failure, slow: false }, 0);
         assert!(t.is_none());
     }
     assert_eq!(per_worker, outcomes, "commit order is not a merge of the workers' program orders");
     assert_eq!(reference.encode(), state.encode(), "final state differs from the sequential replay");
     let linear: Vec<bool> = ring.iter().take(total).map(|b| b & 1 == 1).collect();
-    let replayed: Vec<bool> = committed.iter().map(|c| c.label == Label::Outcome { failure: true }).collect();
+    let replayed: Vec<bool> = committed.iter().map(|c| Label::of(c) == Label::Outcome { failure: true }).collect();
     assert_eq!(linear, replayed);
     assert_eq!(p.logs.len(), 0, "{:?}", p.logs);
     drop(p);
@@ -717,7 +568,7 @@ fn breaker_records_every_outcome_under_every_interleaving_of_three_workers() {
 fn every_outcome_recorded_under_every_interleaving(label: &str, scripts: &[Vec<Step>]) {
     let started = Instant::now();
     let schedules = exhaustive(Some(2), 100_000, |strategy| {
-        let world = Arc::new(World::default());
+        let world = new_world();
         run(RECORD_ALL, scripts, &world, Mode::Scheduled(strategy));
         check_every_outcome_recorded(&world, scripts);
     });
@@ -734,12 +585,12 @@ fn breaker_records_every_outcome_under_random_schedules_and_real_threads() {
         calls(20, &[200, 200, 504, 200, 200]),
     ];
     for seed in 1..=300u64 {
-        let world = Arc::new(World::default());
+        let world = new_world();
         run(RECORD_ALL, &scripts, &world, Mode::Scheduled(&mut Random(seed * 0x9e37_79b9)));
         check_every_outcome_recorded(&world, &scripts);
     }
     for _ in 0..100 {
-        let world = Arc::new(World::default());
+        let world = new_world();
         run(RECORD_ALL, &scripts, &world, Mode::Free);
         check_every_outcome_recorded(&world, &scripts);
     }
@@ -751,7 +602,7 @@ const OPENS: &str = r#"{"circuit_breaker": {"window": {"type": "count", "size": 
     "failure_rate_threshold": 50, "open_duration": "30s", "half_open_calls": 2, "slow_call_duration": "10s"}}"#;
 
 /// Each transition logged and counted once; the state gauge agrees with the shared state.
-fn check_transitions_once(world: &World, from_to: &[(&str, &str, i64)]) {
+fn check_transitions_once(world: &ProxyRef, from_to: &[(&str, &str, i64)]) {
     for (from, to, n) in from_to {
         let line = format!("circuit default {from} -> {to} ");
         assert_eq!(world.logs_containing(&line) as i64, *n, "log lines '{line}'");
@@ -764,7 +615,7 @@ fn concurrent_failures_open_the_circuit_exactly_once() {
     let started = Instant::now();
     let scripts = vec![calls(0, &[500, 500]), calls(10, &[502, 503])];
     let schedules = exhaustive(Some(2), 100_000, |strategy| {
-        let world = Arc::new(World::default());
+        let world = new_world();
         let seen = run(OPENS, &scripts, &world, Mode::Scheduled(strategy));
         check_transitions_once(&world, &[("closed", "open", 1), ("open", "half_open", 0)]);
         let cfg = breaker_cfg(OPENS);
@@ -793,19 +644,19 @@ fn failures_on_a_quiet_circuit_are_seen_by_every_worker_copy() {
     let scripts = vec![calls(0, &[500, 500]), calls(10, &[200, 200, 200])];
     let cfg = breaker_cfg(QUIET);
     let schedules = exhaustive(Some(2), 200_000, |strategy| {
-        let world = Arc::new(World::default());
+        let world = new_world();
         let seen = run_after(QUIET, &preludes, &scripts, &world, Mode::Scheduled(strategy));
         let state = State::decode(&world.value(&circuit_key(&world)), &cfg).unwrap();
         // Sequential replay of every committed outcome write: the same window, phase and
         // transitions. (Whether the circuit opens depends on the order: F S S S F leaves one
         // failure in the last four calls.)
-        let p = world.lock();
+        let p = world.proxy();
         let mut reference = State::new(&cfg);
         let mut opened = 0;
-        for c in p.store.commits.iter().filter(|c| c.key.starts_with(KEY_PREFIX)) {
-            if let Label::Outcome { failure } = c.label {
+        for c in p.shared.commits.iter().filter(|c| c.key.starts_with(KEY_PREFIX)) {
+            if let Label::Outcome { failure } = Label::of(c) {
                 let generation = reference.generation;
-                let t = reference.record(&cfg, generation, false, breaker::Outcome { failure, slow: false }, 0);
+                let t = reference.record(&cfg, generation, false, breaker::CallOutcome { failure, slow: false }, 0);
                 opened += i64::from(t.is_some());
             }
         }
@@ -826,7 +677,7 @@ fn failures_on_a_quiet_circuit_are_seen_by_every_worker_copy() {
 }
 
 /// Opens the circuit with one worker and no scheduler, then moves the clock past `open_duration`.
-fn open_circuit(world: &Arc<World>) {
+fn open_circuit(world: &ProxyRef) {
     run(OPENS, &[calls(900, &[500, 500])], world, Mode::Free);
     check_transitions_once(world, &[("closed", "open", 1)]);
     world.set_clock(31_000_000_000);
@@ -850,7 +701,7 @@ fn half_open_admits_exactly_half_open_calls_probes_over_all_workers() {
     };
     let scripts = vec![held(0), held(10)];
     let schedules = exhaustive(Some(2), 200_000, |strategy| {
-        let world = Arc::new(World::default());
+        let world = new_world();
         open_circuit(&world);
         let seen = run(OPENS, &scripts, &world, Mode::Scheduled(strategy));
         assert_eq!(probes(&seen), 2, "probes admitted: {seen:?}");
@@ -871,7 +722,7 @@ fn half_open_admits_exactly_half_open_calls_probes_over_all_workers() {
     // Three workers, sampled.
     let scripts = vec![held(0), held(10), held(20)];
     for seed in 1..=300u64 {
-        let world = Arc::new(World::default());
+        let world = new_world();
         open_circuit(&world);
         let seen = run(OPENS, &scripts, &world, Mode::Scheduled(&mut Random(seed * 0x2545_f491)));
         assert_eq!(probes(&seen), 2);
@@ -888,7 +739,7 @@ fn a_failed_probe_reopens_once_and_late_probe_outcomes_are_ignored() {
         vec![Step::Start(20, get("/")), Step::Respond(20, 200)],
     ];
     let schedules = exhaustive(Some(2), 200_000, |strategy| {
-        let world = Arc::new(World::default());
+        let world = new_world();
         open_circuit(&world);
         let seen = run(OPENS, &scripts, &world, Mode::Scheduled(strategy));
         assert!(probes(&seen) <= 2);
@@ -919,21 +770,21 @@ fn a_failed_probe_reopens_once_and_late_probe_outcomes_are_ignored() {
 
 #[test]
 fn exhausted_swaps_fail_open_after_max_cas_attempts() {
-    let world = Arc::new(World::default());
+    let world = new_world();
     let json = r#"{"circuit_breaker": {"minimum_calls": 1}, "dedup": {}}"#;
     let p = plugin(json, &world, 0);
-    world.lock().store.always_mismatch = true;
+    world.proxy().shared.always_mismatch = true;
     // A failed call must be recorded (a write): every swap fails.
     let seen = run_worker(0, &p, &calls(0, &[500]), &world, None);
     assert!(seen[0].went_upstream);
-    assert_eq!(world.lock().store.mismatches[&0], MAX_CAS_ATTEMPTS);
+    assert_eq!(world.proxy().shared.mismatches[&0], MAX_CAS_ATTEMPTS);
     assert_eq!(world.metric("meshguard_errors_total"), 1);
     assert_eq!(world.logs_containing("compare-and-swap attempts exhausted"), 1);
     // A first-seen event id must be recorded in flight: the request passes untouched.
     let seen = run_worker(0, &p, &[Step::Start(1, post_event("e-1")), Step::Respond(1, 200)], &world, None);
     assert!(seen[0].went_upstream && seen[0].local_reply.is_none());
     assert_eq!(world.metric("meshguard_errors_total"), 2);
-    let attempts = world.lock().store.mismatches[&0];
+    let attempts = world.proxy().shared.mismatches[&0];
     assert!(attempts > MAX_CAS_ATTEMPTS && attempts <= 3 * MAX_CAS_ATTEMPTS, "{attempts} swaps");
 }
 
@@ -942,13 +793,13 @@ fn a_worker_starved_by_another_gives_up_after_max_cas_attempts_and_fails_open() 
     // Worker 0 records one failure; worker 1 records 40 outcomes, and each of its updates lands
     // between worker 0's read and swap.
     let scripts = vec![calls(0, &[500]), calls(10, &[500; 40])];
-    let world = Arc::new(World::default());
+    let world = new_world();
     let seen = run(RECORD_ALL, &scripts, &world, Mode::Scheduled(&mut Starve { victim: 0, other_wrote: false }));
     let w0 = seen.iter().find(|s| s.worker == 0).unwrap();
     assert!(w0.went_upstream);
-    let p = world.lock();
-    assert_eq!(p.store.mismatches[&0], MAX_CAS_ATTEMPTS, "worker 0's swaps");
-    assert_eq!(p.store.mismatches.get(&1), None, "worker 1 never lost a swap");
+    let p = world.proxy();
+    assert_eq!(p.shared.mismatches[&0], MAX_CAS_ATTEMPTS, "worker 0's swaps");
+    assert_eq!(p.shared.mismatches.get(&1), None, "worker 1 never lost a swap");
     drop(p);
     assert_eq!(world.metric("meshguard_errors_total"), 1);
 }
@@ -959,12 +810,12 @@ fn contention_between_two_workers_never_exhausts_the_retries_of_a_short_burst() 
     let scripts = vec![calls(0, &[500, 200, 500, 200]), calls(10, &[200, 500, 200, 500])];
     let mut worst = 0;
     for seed in 1..=500u64 {
-        let world = Arc::new(World::default());
+        let world = new_world();
         run(RECORD_ALL, &scripts, &world, Mode::Scheduled(&mut Random(seed)));
-        let p = world.lock();
+        let p = world.proxy();
         for w in 0..2 {
-            let lost = p.store.mismatches.get(&w).copied().unwrap_or(0);
-            let others = p.store.commits.iter().filter(|c| c.worker != w && c.label != Label::Configure).count();
+            let lost = p.shared.mismatches.get(&w).copied().unwrap_or(0);
+            let others = p.shared.commits.iter().filter(|c| c.worker != w && Label::of(c) != Label::Configure).count();
             assert!(lost <= others, "worker {w} lost {lost} swaps to {others} writes of others");
             worst = worst.max(lost);
         }
@@ -979,25 +830,25 @@ fn contention_between_two_workers_never_exhausts_the_retries_of_a_short_burst() 
 
 const DEDUP: &str = r#"{"dedup": {"max_entries": 8}}"#;
 
-fn dedup_count(world: &World, outcome: &str) -> i64 {
+fn dedup_count(world: &ProxyRef, outcome: &str) -> i64 {
     world.metric(&m(metrics::DEDUP_TOTAL, &[("rule", "default"), ("outcome", outcome)]))
 }
 
-fn bucket(world: &World) -> Bucket {
+fn bucket(world: &ProxyRef) -> Bucket {
     let layout = meshguard::dedup::Layout::new(8);
     assert_eq!(layout.buckets, 1);
-    let p = world.lock();
-    match p.store.get(&layout.key("model", 0)) {
-        Some((bytes, _)) => Bucket::decode(&bytes, &layout).expect("bucket decodes"),
+    let p = world.proxy();
+    match p.shared.peek(&layout.key("model", 0)) {
+        Some(bytes) => Bucket::decode(bytes, &layout).expect("bucket decodes"),
         None => Bucket::default(),
     }
 }
 
 /// The store's only bucket, as left by earlier traffic (an empty bucket: a released key).
-fn used_bucket() -> Arc<World> {
-    let world = Arc::new(World::default());
+fn used_bucket() -> ProxyRef {
+    let world = new_world();
     let layout = meshguard::dedup::Layout::new(8);
-    world.lock().store.set(&layout.key("model", 0), &Bucket::default().encode(), 0, 99, Label::Configure);
+    world.proxy().shared.set(&layout.key("model", 0), &Bucket::default().encode(), 0, 99, Label::Configure.code());
     world
 }
 
@@ -1079,9 +930,9 @@ fn a_released_key_is_processed_again_and_never_by_two_at_once() {
         // The key's entry over the committed writes: in flight for one request at a time (a new
         // holder only after a release), and never taken again once completed.
         let layout = meshguard::dedup::Layout::new(8);
-        let p = world.lock();
+        let p = world.proxy();
         let mut last: Option<(EntryPhase, u32)> = None;
-        for c in p.store.commits.iter().filter(|c| c.key == layout.key("model", 0)) {
+        for c in p.shared.commits.iter().filter(|c| c.key == layout.key("model", 0)) {
             let b = Bucket::decode(&c.value, &layout).unwrap();
             let now = b.entries.first().map(|e| (e.phase, e.nonce));
             match (last, now) {
@@ -1104,7 +955,7 @@ fn a_released_key_is_processed_again_and_never_by_two_at_once() {
 fn first_use_of_a_bucket_lets_exactly_one_of_two_workers_through() {
     let scripts: Vec<Vec<Step>> = (0..2).map(|w| one_event(w, "evt-1", 200)).collect();
     let schedules = exhaustive(None, 10_000, |strategy| {
-        let world = Arc::new(World::default());
+        let world = new_world();
         let seen = run(DEDUP, &scripts, &world, Mode::Scheduled(strategy));
         assert_eq!(seen.iter().filter(|s| s.went_upstream).count(), 1, "{seen:?}");
     });

@@ -1,4 +1,4 @@
-//! SPEC §1 in a real Envoy with two workers: an upstream that fails on demand, one that is down,
+//! Circuit breaking (docs/behaviour.md) in a real Envoy with two workers: an upstream that fails on demand, one that is down,
 //! a slow one, two rules side by side, and parallel clients over both workers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -30,6 +30,7 @@ fn transitions(envoy: &Envoy, rule: &str) -> Vec<String> {
 
 #[test]
 fn failing_upstream_opens_the_circuit_and_open_answers_locally() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(
         &two_rules(
@@ -87,6 +88,7 @@ fn transition_id(envoy: &Envoy) -> String {
 
 #[test]
 fn unreachable_upstream_counts_as_failure_by_envoy_flags() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let port = upstream.port;
     drop(upstream); // nothing listens any more: Envoy answers 503 UF itself
@@ -103,6 +105,7 @@ fn unreachable_upstream_counts_as_failure_by_envoy_flags() {
 
 #[test]
 fn slow_upstream_opens_by_slow_call_rate() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(
         r#"{"circuit_breaker": {"slow_call_duration": "100ms", "slow_call_rate_threshold": 50, "minimum_calls": 2}}"#,
@@ -118,6 +121,7 @@ fn slow_upstream_opens_by_slow_call_rate() {
 
 #[test]
 fn half_open_lets_exactly_the_probes_through_across_workers_then_closes() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let config = r#"{"circuit_breaker": {"consecutive_failures": 1, "open_duration": "1s", "half_open_calls": 3}}"#;
     let envoy = Arc::new(Envoy::start(config, upstream.port));
@@ -155,6 +159,7 @@ fn half_open_lets_exactly_the_probes_through_across_workers_then_closes() {
 
 #[test]
 fn parallel_failures_over_two_workers_open_at_the_same_call_count_and_once() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let config = r#"{"circuit_breaker": {"failure_rate_threshold": 50, "window": {"type": "count", "size": 50}, "minimum_calls": 20, "open_duration": "1m"}}"#;
     let envoy = Arc::new(Envoy::start(config, upstream.port));
@@ -182,6 +187,7 @@ fn parallel_failures_over_two_workers_open_at_the_same_call_count_and_once() {
 
 #[test]
 fn metrics_only_watches_without_rejecting() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy =
         Envoy::start(r#"{"circuit_breaker": {"consecutive_failures": 2, "mode": "metrics_only"}}"#, upstream.port);
@@ -197,6 +203,7 @@ fn metrics_only_watches_without_rejecting() {
 
 #[test]
 fn local_replies_carry_traceresponse_when_asked() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let config = r#"{"circuit_breaker": {"mode": "forced_open"}, "trace": {"traceresponse": true}}"#;
     let envoy = Envoy::start(config, upstream.port);
@@ -256,6 +263,7 @@ fn quiet_on_both_workers_then_open_on_worker_0(envoy: &Envoy) -> Conn {
 
 #[test]
 fn a_circuit_opened_on_one_worker_rejects_on_the_other_whose_copy_was_quiet() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(QUIET_THEN_OPEN, upstream.port);
     let mut w1 = quiet_on_both_workers_then_open_on_worker_0(&envoy);
@@ -270,6 +278,7 @@ fn a_circuit_opened_on_one_worker_rejects_on_the_other_whose_copy_was_quiet() {
 
 #[test]
 fn with_meshguard_stats_rejected_by_envoy_a_circuit_still_opens_for_every_worker() {
+    support::require_envoy!();
     // Istio without `proxyStatsMatcher` for meshguard: Envoy's stats matcher rejects its stats,
     // which then ignore writes and read 0. The breaker must not rely on them.
     let upstream = Upstream::start();

@@ -112,6 +112,7 @@ fn is_uuid(id: &str) -> bool {
 
 #[test]
 fn every_istio_plugin_config_is_accepted_by_a_real_envoy() {
+    support::require_envoy!();
     let shipped = shipped_istio_configs();
     // Two sides times WasmPlugin, TrafficExtension, EnvoyFilter: an empty list would prove nothing.
     assert!(shipped.len() >= 6, "found only {} meshguard configurations in istio/", shipped.len());
@@ -156,7 +157,7 @@ fn every_form_of_one_plugin_carries_the_same_config() {
 fn istio_configs_leave_the_trace_mode_to_the_default() {
     // docs/deploy.md "Trace context": Istio configures no tracer by default since 1.22, so a
     // fixed `defer` would switch trace context off; the default writes W3C context without a
-    // tracer and follows Envoy's tracer when there is one (SPEC trace.mode "auto").
+    // tracer and follows Envoy's tracer when there is one (trace.mode "auto", docs/behaviour.md "Trace context").
     for s in shipped_istio_configs() {
         assert_eq!(s.config["trace"].get("mode"), None, "{} ({})", s.file, s.kind);
     }
@@ -164,6 +165,7 @@ fn istio_configs_leave_the_trace_mode_to_the_default() {
 
 #[test]
 fn outbound_istio_config_stamps_event_ids_and_meters_the_breaker_without_rejecting() {
+    support::require_envoy!();
     let config = istio_config("wasmplugin-outbound.yaml");
     let breaker = &config["circuit_breaker"];
     assert_eq!(breaker["mode"], "metrics_only", "roll-out starts in metrics_only");
@@ -214,6 +216,7 @@ fn outbound_istio_config_stamps_event_ids_and_meters_the_breaker_without_rejecti
 
 #[test]
 fn inbound_istio_config_replays_duplicates_and_refuses_events_without_id_once_enforcing() {
+    support::require_envoy!();
     // The roll-out's second step (docs/deploy.md "Roll-out"): the shipped consumer configuration
     // with dedup.mode switched from metrics_only to enforce.
     let mut config = istio_config("wasmplugin-inbound.yaml");
@@ -254,9 +257,9 @@ fn inbound_istio_config_replays_duplicates_and_refuses_events_without_id_once_en
 }
 
 #[test]
-#[ignore = "dedup.mode metrics_only is parsed; its behaviour lands with the dedup stage (SPEC §2 \"Modes\")"]
 fn inbound_istio_config_starts_as_a_dry_run_that_answers_nothing() {
-    // SPEC §2 "Modes": under metrics_only every request reaches the service — no 400, 409, 422
+    support::require_envoy!();
+    // docs/behaviour.md "Event-id deduplication", modes: under metrics_only every request reaches the service — no 400, 409, 422
     // or replayed duplicate, no x-meshguard-dedup — while the outcomes are counted as when
     // enforcing.
     let config = istio_config("wasmplugin-inbound.yaml");
@@ -282,6 +285,7 @@ fn inbound_istio_config_starts_as_a_dry_run_that_answers_nothing() {
 
 #[test]
 fn outbound_and_inbound_bootstraps_chain_caller_to_consumer() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let inbound_config = bootstrap_config("envoy/inbound.yaml");
     let mut opts = Options::new(&inbound_config, upstream.port);
@@ -388,6 +392,10 @@ fn validate_accepts_every_shipped_istio_file() {
 
 #[test]
 fn validate_reports_every_error_of_broken_copies_with_file_and_json_path() {
+    let unknown_dedup_key = format!(
+        "WasmPlugin orders/meshguard-inbound: spec.pluginConfig: dedup.max_entry: unknown key (expected one of: {})",
+        meshguard::config::DEDUP_KEYS.join(", ")
+    );
     // (shipped file, text, broken text, the lines expected after "<copy>: ")
     let cases: &[(&str, &str, &str, &[&str])] = &[
         (
@@ -395,7 +403,7 @@ fn validate_reports_every_error_of_broken_copies_with_file_and_json_path() {
             "scope: caller",
             "scope: global\n      max_entry: 5",
             &[
-                "WasmPlugin orders/meshguard-inbound: spec.pluginConfig: dedup.max_entry: unknown key (expected one of: headers, methods, ttl, in_flight_ttl, on_missing, duplicate_status, success_status, fingerprint, scope, max_entries, mode)",
+                &unknown_dedup_key,
                 "WasmPlugin orders/meshguard-inbound: spec.pluginConfig: dedup.scope: must be one of \"rule\", \"caller\", got \"global\"",
             ],
         ),
@@ -488,6 +496,7 @@ fn validate_skips_other_resources_and_plugins_unless_asked() {
 
 #[test]
 fn validate_reports_what_envoy_refuses_in_the_same_words() {
+    support::require_envoy!();
     // The command and the filter share the parser: a configuration Envoy refuses is reported
     // by `meshguard validate` with the text of the sidecar's `invalid configuration` line.
     let broken = r#"{"dedup": {"mode": "dry_run", "ttl": "0s"}, "routes": [{"name": "a"}, {"name": "a"}]}"#;
@@ -663,6 +672,7 @@ impl SidecarLike {
 
 #[test]
 fn a_first_configuration_envoy_rejects_answers_500_on_every_request() {
+    support::require_envoy!();
     // docs/validate.md "Why it matters": a pod that starts while a configuration the module
     // refuses is live has no previous configuration to keep. FAIL_OPEN does not help: it is about
     // fetching the module and VM failures, not a refused configuration.
@@ -691,6 +701,7 @@ fn a_first_configuration_envoy_rejects_answers_500_on_every_request() {
 
 #[test]
 fn a_missing_module_file_is_refused_like_an_invalid_configuration_even_fail_open() {
+    support::require_envoy!();
     // docs/deploy.md "Failure modes": with a file:// url (or the EnvoyFilter form) nothing is
     // fetched; a module file that is not there makes Envoy refuse the filter configuration, and
     // FAIL_OPEN does not turn that into a pass-through.
@@ -705,6 +716,7 @@ fn a_missing_module_file_is_refused_like_an_invalid_configuration_even_fail_open
 
 #[test]
 fn module_fetch_fallback_denies_every_request_and_istio_drops_its_stat() {
+    support::require_envoy!();
     // docs/deploy.md "Failure strategy": the filter Istio's agent installs when it cannot fetch
     // the module and failStrategy is not FAIL_OPEN — every request of the listener gets 403.
     let upstream = Upstream::start();
@@ -726,6 +738,7 @@ fn module_fetch_fallback_denies_every_request_and_istio_drops_its_stat() {
 
 #[test]
 fn istio_default_stats_keep_meshguard_metrics_without_a_matcher() {
+    support::require_envoy!();
     // docs/deploy.md "Mesh settings": no proxyStatsMatcher is needed — Envoy names meshguard's
     // stats `wasmcustom.…`, inside Istio's default inclusion prefix `wasm` — and extraStatTags
     // alone turns the encoded tags into labels.

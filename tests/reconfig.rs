@@ -233,11 +233,13 @@ fn valid_update_under_traffic(delivery: Delivery) {
 
 #[test]
 fn lds_valid_update_under_traffic_takes_effect_and_old_connections_drain() {
+    support::require_envoy!();
     valid_update_under_traffic(Delivery::Lds);
 }
 
 #[test]
 fn ecds_valid_update_under_traffic_takes_effect_on_the_next_stream() {
+    support::require_envoy!();
     valid_update_under_traffic(Delivery::Ecds);
 }
 
@@ -285,11 +287,13 @@ fn invalid_update_is_refused(delivery: Delivery) {
 
 #[test]
 fn lds_invalid_update_is_rejected_and_the_old_configuration_keeps_serving() {
+    support::require_envoy!();
     invalid_update_is_refused(Delivery::Lds);
 }
 
 #[test]
 fn ecds_invalid_update_is_rejected_and_the_old_configuration_keeps_serving() {
+    support::require_envoy!();
     invalid_update_is_refused(Delivery::Ecds);
 }
 
@@ -369,11 +373,13 @@ fn circuit_state_across_configurations(delivery: Delivery) {
 
 #[test]
 fn lds_circuit_state_is_kept_for_the_same_rule_and_window_and_fresh_otherwise() {
+    support::require_envoy!();
     circuit_state_across_configurations(Delivery::Lds);
 }
 
 #[test]
 fn ecds_circuit_state_is_kept_for_the_same_rule_and_window_and_fresh_otherwise() {
+    support::require_envoy!();
     circuit_state_across_configurations(Delivery::Ecds);
 }
 
@@ -396,6 +402,7 @@ fn post_event(envoy: &Envoy, id: &str) -> (u16, Option<String>, Option<String>) 
 
 #[test]
 fn dedup_entries_follow_the_store_layout_and_rule_across_reloads() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let mut envoy = DynamicEnvoy::start(Delivery::Ecds, &dedup_config("a", 64, None), upstream.port, &[]);
     assert_eq!(post_event(&envoy, "k1"), (200, None, Some("a".into())));
@@ -452,6 +459,7 @@ fn dedup_entries_follow_the_store_layout_and_rule_across_reloads() {
 /// transitions, not when `on_configure` creates or finds the rule's state. Ignored until fixed.
 #[test]
 fn circuit_state_gauge_follows_the_circuit_of_the_new_configuration() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let mut envoy = DynamicEnvoy::start(Delivery::Ecds, &breaker_rule("a", "r", 10, 50), upstream.port, &[]);
     for _ in 0..4 {
@@ -497,6 +505,7 @@ fn rebuilt(wasm: &[u8], build: &str) -> Vec<u8> {
 /// code finds what the old one wrote.
 #[test]
 fn a_new_build_of_the_module_finds_the_circuits_and_events_of_the_old_one() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let both = |tag: &str| {
         config(

@@ -1,4 +1,4 @@
-//! SPEC "Rules" in a real Envoy: each match field reads what Envoy knows at request time
+//! Rules (docs/behaviour.md) in a real Envoy: each match field reads what Envoy knows at request time
 //! (`xds.route_name`, `xds.cluster_name`, `:authority` without port, `:path`, `:method`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -24,6 +24,7 @@ fn rule_of(envoy: &Envoy, request: Request) -> String {
 
 #[test]
 fn each_match_field_selects_its_rule() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(RULES, upstream.port);
     let cases = [

@@ -1,4 +1,4 @@
-//! SPEC "Stats" in a real Envoy: meshguard's counters in /stats/prometheus with the rule (and
+//! Stats (docs/behaviour.md) in a real Envoy: meshguard's counters in /stats/prometheus with the rule (and
 //! outcome) as Prometheus labels, through the tag extraction of the shipped bootstrap.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -15,6 +15,7 @@ const RULES: &str = r#"{"routes": [
 
 #[test]
 fn requests_are_counted_per_rule_with_a_rule_label() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(RULES, upstream.port);
     for _ in 0..3 {
@@ -35,6 +36,7 @@ fn requests_are_counted_per_rule_with_a_rule_label() {
 
 #[test]
 fn correlation_outcomes_and_errors_are_exported() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start("{}", upstream.port);
     send(envoy.port, &Request::get("/").header("x-correlation-id", "ok-1")).unwrap();
@@ -49,6 +51,7 @@ fn correlation_outcomes_and_errors_are_exported() {
 
 #[test]
 fn counts_are_exact_across_two_workers() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(RULES, upstream.port);
     let port = envoy.port;

@@ -1,4 +1,4 @@
-//! SPEC §3 in a real Envoy without a tracer: what the upstream receives, what the client gets
+//! Trace context (docs/behaviour.md) in a real Envoy without a tracer: what the upstream receives, what the client gets
 //! back, what the access log and the stats say.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -21,6 +21,7 @@ fn parts(tp: &str) -> (String, String, String) {
 
 #[test]
 fn new_trace_reaches_upstream_access_log_and_stats() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start("{}", upstream.port);
     let response = send(envoy.port, &Request::get("/orders").header("tracestate", "orphan=1")).unwrap();
@@ -40,6 +41,7 @@ fn new_trace_reaches_upstream_access_log_and_stats() {
 
 #[test]
 fn valid_traceparent_is_propagated_unchanged_with_combined_tracestate() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start("{}", upstream.port);
     let request =
@@ -53,6 +55,7 @@ fn valid_traceparent_is_propagated_unchanged_with_combined_tracestate() {
 
 #[test]
 fn hop_mode_gives_each_call_its_own_parent_id() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(r#"{"trace": {"mode": "hop"}}"#, upstream.port);
     let mut parents = std::collections::HashSet::new();
@@ -68,6 +71,7 @@ fn hop_mode_gives_each_call_its_own_parent_id() {
 
 #[test]
 fn invalid_and_duplicated_traceparents_restart_the_trace() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start("{}", upstream.port);
     let bad = "00-12345678901234567890123456789012-1234567890123456-01.";
@@ -92,6 +96,7 @@ fn invalid_and_duplicated_traceparents_restart_the_trace() {
 
 #[test]
 fn b3_callers_are_joined_to_the_same_trace() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start("{}", upstream.port);
     let single = Request::get("/").header("b3", "48485a3953bb6124-a2fb4a1d1a96d312-1");
@@ -113,6 +118,7 @@ fn b3_callers_are_joined_to_the_same_trace() {
 
 #[test]
 fn traceresponse_and_server_timing_reach_the_client() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(r#"{"trace": {"traceresponse": true}}"#, upstream.port);
     let response = send(envoy.port, &Request::get("/").header("traceparent", TP)).unwrap();
@@ -129,6 +135,7 @@ fn traceresponse_and_server_timing_reach_the_client() {
 
 #[test]
 fn correlation_id_can_be_the_trace_id() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(r#"{"correlation": {"generator": "trace_id"}}"#, upstream.port);
     let response = send(envoy.port, &Request::get("/")).unwrap();
@@ -140,6 +147,7 @@ fn correlation_id_can_be_the_trace_id() {
 
 #[test]
 fn ce_traceparent_is_never_touched() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = Envoy::start(r#"{"trace": {"mode": "hop"}}"#, upstream.port);
     let ce = "00-abcdefabcdefabcdefabcdefabcdefab-abcdefabcdefabcd-01";

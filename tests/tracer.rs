@@ -1,4 +1,4 @@
-//! SPEC §3 "Coexistence with Envoy's own tracer", in a real Envoy with its OpenTelemetry (W3C) and
+//! docs/behaviour.md "With Envoy's own tracer", in a real Envoy with its OpenTelemetry (W3C) and
 //! Zipkin (B3) tracers. Envoy starts its span before meshguard runs and writes its headers at the
 //! router, after meshguard. These tests pin down what each setup does, and that `mode: "defer"`
 //! never logs a trace-id other than the one the upstream received.
@@ -41,6 +41,8 @@ const COLLECTOR: &str = r#"    - name: collector
         cluster_name: collector
         endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 9 } } } }] }]"#;
 
+const PROPAGATE: &str = r#"{"trace": {"mode": "propagate"}}"#;
+
 fn start(tracer: &'static str, plugin_config: &str, upstream: &Upstream) -> Envoy {
     let mut opts = Options::new(plugin_config, upstream.port);
     opts.hcm = Some(tracer);
@@ -64,9 +66,10 @@ fn own_line(envoy: &Envoy, correlation_id: &str) -> serde_json::Value {
 
 #[test]
 fn otel_tracer_overwrites_traceparent_in_propagate_mode() {
-    // The setup SPEC §3 warns about: meshguard starts a trace, Envoy's router replaces it.
+    support::require_envoy!();
+    // The setup docs/behaviour.md warns about: meshguard starts a trace, Envoy's router replaces it.
     let upstream = Upstream::start();
-    let envoy = start(OTEL, "{}", &upstream);
+    let envoy = start(OTEL, PROPAGATE, &upstream);
     let response = send(envoy.port, &Request::get("/")).unwrap();
     let sent = upstream.last().unwrap().header("traceparent").unwrap();
     let id = response.header("x-correlation-id").unwrap();
@@ -85,6 +88,7 @@ fn wait_for_tracer_warning(envoy: &Envoy) {
 
 #[test]
 fn otel_tracer_with_defer_logs_the_trace_the_upstream_received() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = start(OTEL, r#"{"trace": {"mode": "defer"}, "log": {"requests": true}}"#, &upstream);
     for incoming in [None, Some("00-12345678901234567890123456789012-1234567890123456-01")] {
@@ -111,6 +115,7 @@ fn otel_tracer_with_defer_logs_the_trace_the_upstream_received() {
 
 #[test]
 fn zipkin_tracer_with_defer_logs_the_b3_trace_the_upstream_received() {
+    support::require_envoy!();
     let upstream = Upstream::start();
     let envoy = start(ZIPKIN, r#"{"trace": {"mode": "defer"}, "log": {"requests": true}}"#, &upstream);
     let response = send(envoy.port, &Request::get("/")).unwrap();
@@ -126,14 +131,72 @@ fn zipkin_tracer_with_defer_logs_the_b3_trace_the_upstream_received() {
 
 #[test]
 fn zipkin_tracer_in_propagate_mode_makes_a_second_trace() {
+    support::require_envoy!();
     // Why `defer` is the recommendation with Envoy's Zipkin tracer (Istio's default): Envoy's B3
     // trace and meshguard's W3C trace of one request differ.
     let upstream = Upstream::start();
-    let envoy = start(ZIPKIN, "{}", &upstream);
+    let envoy = start(ZIPKIN, PROPAGATE, &upstream);
     send(envoy.port, &Request::get("/")).unwrap();
     let got = upstream.last().unwrap();
     let w3c = trace_id(&got.header("traceparent").unwrap());
     let b3 = got.header("x-b3-traceid").unwrap();
     assert!(!w3c.ends_with(&b3), "{w3c} / {b3}");
     wait_for_tracer_warning(&envoy);
+}
+
+/// `auto` (the default, `{}`): each worker learns Envoy's tracer from its first traced response.
+/// Every access-log line, that first one included, names the trace the upstream received, and
+/// after it meshguard leaves the trace headers to Envoy: one trace per request.
+fn auto_follows(tracer: &'static str, their_trace: impl Fn(&support::upstream::Received) -> String) {
+    let upstream = Upstream::start();
+    let envoy = start(tracer, "{}", &upstream);
+    let mut both = 0;
+    for i in 0..12 {
+        let response = send(envoy.port, &Request::get("/").header("x-correlation-id", format!("auto-{i}"))).unwrap();
+        assert_eq!(response.status, 200);
+        let got = upstream.last().unwrap();
+        let theirs = their_trace(&got);
+        let line = envoy.access_log_for(&format!("auto-{i}"));
+        // meshguard's filter state names the upstream's trace, or none once Envoy's tracer
+        // owns the headers (the access log prints Envoy's %TRACE_ID% beside it).
+        if let Some(logged) = line["trace_id"].as_str() {
+            assert!(logged.ends_with(&theirs), "request {i}: logged {logged}, upstream got {theirs}");
+        }
+        assert!(line["trace_id_envoy"].as_str().is_some_and(|t| t.ends_with(&theirs)), "{line}");
+        let extra = got.header("traceparent").is_some_and(|tp| !tp.contains(&theirs));
+        both += usize::from(extra || got.header_all("traceparent").len() > 1);
+    }
+    // A worker learns on its first traced request; Envoy runs two.
+    assert!(both <= 2, "{both} requests carried meshguard's trace beside Envoy's");
+    envoy.wait_for("the auto-mode note", 10, |e| {
+        e.meshguard_lines().iter().any(|l| l.contains("trace.mode \"auto\" follows it")).then_some(())
+    });
+    assert!(!envoy.meshguard_lines().iter().any(|l| l.contains("rewrote the trace headers")), "no warning in auto");
+}
+
+#[test]
+fn auto_mode_follows_the_otel_tracer() {
+    support::require_envoy!();
+    auto_follows(OTEL, |got| trace_id(&got.header("traceparent").unwrap()));
+}
+
+#[test]
+fn auto_mode_follows_the_zipkin_tracer() {
+    support::require_envoy!();
+    auto_follows(ZIPKIN, |got| got.header("x-b3-traceid").unwrap());
+}
+
+#[test]
+fn auto_mode_without_a_tracer_writes_w3c_trace_context() {
+    support::require_envoy!();
+    let upstream = Upstream::start();
+    let envoy = Envoy::start("{}", upstream.port);
+    for i in 0..12 {
+        let response = send(envoy.port, &Request::get("/").header("x-correlation-id", format!("none-{i}"))).unwrap();
+        let tp = upstream.last().unwrap().header("traceparent").expect("meshguard's traceparent");
+        let line = envoy.access_log_for(&format!("none-{i}"));
+        assert_eq!(line["trace_id"].as_str(), Some(&*trace_id(&tp)));
+        assert_eq!(response.status, 200);
+    }
+    assert_eq!(envoy.metric(r#"meshguard_trace_total{outcome="started"}"#), Some(12.0));
 }

@@ -1,5 +1,5 @@
 //! The W3C trace-context test suite's cases (github.com/w3c/trace-context, `test/test.py`, the
-//! 41-test version with `TraceContext2Test`, at `STRICT_LEVEL=2` and `SPEC_LEVEL=2`), in the mesh's shape of SPEC §3 and `envoy/w3c-mesh.yaml`:
+//! 41-test version with `TraceContext2Test`, at `STRICT_LEVEL=2` and `SPEC_LEVEL=2`), in the mesh's shape of `envoy/w3c-mesh.yaml`:
 //!
 //!   harness ──▶ inbound meshguard (hop) ──▶ uninstrumented service ──▶ outbound meshguard (hop) ──▶ harness
 //!
@@ -128,6 +128,7 @@ impl Mesh {
 
 #[test]
 fn w3c_trace_context_suite_strict_level_2_in_the_mesh_shape() {
+    support::require_envoy!();
     let m = Mesh::start();
 
     // ---- TraceContextTest: traceparent ----

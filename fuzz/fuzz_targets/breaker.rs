@@ -21,7 +21,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshguard::breaker::{Admission, Calls, Outcome, Phase, State, Transition};
+use meshguard::breaker::{Admission, Calls, CallOutcome, Phase, State, Transition};
 use meshguard::config::{BreakerMode, Window};
 use meshguard_fuzz::{breaker_config, Bytes, SECOND};
 
@@ -141,7 +141,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             1 | 2 => {
-                let outcome = Outcome { failure: op & 0x20 != 0, slow: op & 0x40 != 0 };
+                let outcome = CallOutcome { failure: op & 0x20 != 0, slow: op & 0x40 != 0 };
                 let (generation, probe) = if op & 0x80 == 0 && !admitted.is_empty() {
                     admitted.remove(usize::from(b.u8()) % admitted.len())
                 } else {

@@ -12,7 +12,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use meshguard::config::{Correlation, Generator};
-use meshguard::correlation::{check, generate, is_valid, Outcome};
+use meshguard::correlation::{check, generate, is_valid, CorrelationOutcome};
 use meshguard_fuzz::{directive, lines, visible_ascii, Entropy};
 
 fuzz_target!(|data: &[u8]| {
@@ -37,11 +37,11 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(Some(id.as_bytes()), incoming);
                 assert!(!id.is_empty() && id.len() <= config.max_length && visible_ascii(id.as_bytes()));
             }
-            Err(Outcome::Generated) => assert!(incoming.is_none()),
-            Err(Outcome::ReplacedInvalid) => {
+            Err(CorrelationOutcome::Generated) => assert!(incoming.is_none()),
+            Err(CorrelationOutcome::ReplacedInvalid) => {
                 assert!(!is_valid(incoming.expect("replaced means present"), config.max_length))
             }
-            Err(Outcome::Kept) => panic!("check never reports kept as an error"),
+            Err(CorrelationOutcome::Kept) => panic!("check never reports kept as an error"),
         }
     }
     let trace_id = get(b"trace-id").next().map(|t| String::from_utf8_lossy(t).into_owned());

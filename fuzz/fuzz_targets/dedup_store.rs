@@ -16,11 +16,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshguard::dedup::store::{Bucket, Check, Effects};
+use meshguard::dedup::store::{Bucket, Check, EntryChanges};
 use meshguard::dedup::{Layout, Phase};
 use meshguard_fuzz::{Bytes, SECOND};
 
-fn accounted(before: &Bucket, after: &Bucket, fx: Effects) {
+fn accounted(before: &Bucket, after: &Bucket, fx: EntryChanges) {
     let expected = before.entries.len() as i64 + i64::from(fx.added)
         - i64::from(fx.reclaimed)
         - i64::from(fx.evicted)

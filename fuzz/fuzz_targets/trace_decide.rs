@@ -17,7 +17,7 @@ use meshguard::config::{Trace, TraceMode, B3 as B3Setting};
 use meshguard::headers::HeaderMap;
 use meshguard::trace::b3::B3;
 use meshguard::trace::tracestate::{self, State};
-use meshguard::trace::{self, traceparent, Outcome, Tracestate, RANDOM, SAMPLED};
+use meshguard::trace::{self, traceparent, TraceOutcome, Tracestate, RANDOM, SAMPLED};
 use meshguard_fuzz::{directive, lines, words, Entropy};
 
 fuzz_target!(|data: &[u8]| {
@@ -64,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(p.context, c, "the header written is the context reported");
         }
         None => {
-            assert_eq!(d.outcome, Outcome::Propagated);
+            assert_eq!(d.outcome, TraceOutcome::Propagated);
             assert_eq!(config.mode, TraceMode::Propagate);
             assert_eq!(incoming.len(), 1);
             let p = traceparent::parse(incoming[0]).expect("kept header is valid");
@@ -73,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let has_tracestate = headers.get("tracestate").is_some();
     match d.outcome {
-        Outcome::Propagated => {
+        TraceOutcome::Propagated => {
             assert_eq!(incoming.len(), 1);
             let p = traceparent::parse(incoming[0]).expect("propagated means valid");
             assert_eq!(p.context.trace_id, c.trace_id);
@@ -82,8 +82,8 @@ fuzz_target!(|data: &[u8]| {
                 _ => assert_eq!(c.flags, p.context.flags & (SAMPLED | RANDOM)),
             }
         }
-        Outcome::Started | Outcome::RestartedInvalid => {
-            assert_eq!(incoming.is_empty(), d.outcome == Outcome::Started);
+        TraceOutcome::Started | TraceOutcome::RestartedInvalid => {
+            assert_eq!(incoming.is_empty(), d.outcome == TraceOutcome::Started);
             assert!(c.flags & RANDOM != 0, "generated trace-ids carry the random flag");
             if b3.sampled.is_none() {
                 if config.sample_ratio == 0.0 {
@@ -94,13 +94,13 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        Outcome::FromB3 => {
+        TraceOutcome::FromB3 => {
             assert_eq!(config.b3, B3Setting::Accept);
             assert_eq!(c.flags & RANDOM, 0, "B3 ids carry no randomness promise");
             assert_eq!(b3.ids.map(|(t, _)| t), Some(c.trace_id));
         }
     }
-    if d.outcome != Outcome::Propagated {
+    if d.outcome != TraceOutcome::Propagated {
         let expected = if has_tracestate { Tracestate::Remove } else { Tracestate::Keep };
         assert_eq!(d.tracestate, expected, "a restarted trace drops tracestate");
     }

@@ -157,7 +157,9 @@ pub fn check_config(data: &[u8]) {
                     assert!((1..=config::MAX_DEDUP_ENTRIES as u32).contains(&d.max_entries));
                     let layout = meshguard::dedup::Layout::new(d.max_entries);
                     assert!(layout.buckets >= 1 && layout.per_bucket >= 1);
-                    assert!(u64::from(layout.buckets) * u64::from(layout.per_bucket) <= u64::from(d.max_entries));
+                    let slots = u64::from(d.max_entries) * u64::from(meshguard::dedup::store::HEADROOM);
+                    assert!(layout.capacity() >= slots, "headroom over max_entries");
+                    assert!(layout.capacity() < slots + u64::from(meshguard::dedup::store::PER_BUCKET), "no more");
                     assert!(layout.per_bucket <= 255, "the bucket codec counts entries in one byte");
                 }
             }

@@ -13,7 +13,9 @@
 //!   closed cannot close or reopen a circuit that has moved on.
 
 mod codec;
+pub mod shared;
 mod snapshot;
+pub mod stage;
 #[cfg(test)]
 mod tests;
 
@@ -43,7 +45,7 @@ impl Phase {
 
 /// A call's outcome. A call can be both a failure and slow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Outcome {
+pub struct CallOutcome {
     pub failure: bool,
     pub slow: bool,
 }
@@ -175,7 +177,7 @@ impl State {
         cfg: &Breaker,
         generation: u32,
         probe: bool,
-        outcome: Outcome,
+        outcome: CallOutcome,
         now: u64,
     ) -> Option<Transition> {
         if generation != self.generation {
@@ -204,7 +206,18 @@ impl State {
         }
     }
 
-    fn record_closed(&mut self, cfg: &Breaker, outcome: Outcome, now: u64) -> Option<Transition> {
+    /// A probe admitted under `generation` ended neutral (abandoned, ignored status, gRPC
+    /// CANCELLED): its slot is free for another probe. True when the state changed.
+    pub fn free_probe(&mut self, generation: u32) -> bool {
+        if self.phase != Phase::HalfOpen || generation != self.generation || self.probes_issued <= self.probes_succeeded
+        {
+            return false;
+        }
+        self.probes_issued -= 1;
+        true
+    }
+
+    fn record_closed(&mut self, cfg: &Breaker, outcome: CallOutcome, now: u64) -> Option<Transition> {
         self.push(outcome, now);
         self.consecutive_failures = if outcome.failure { self.consecutive_failures.saturating_add(1) } else { 0 };
         if cfg.consecutive_failures > 0 && self.consecutive_failures >= cfg.consecutive_failures {
@@ -263,7 +276,7 @@ impl State {
         }
     }
 
-    fn push(&mut self, outcome: Outcome, now: u64) {
+    fn push(&mut self, outcome: CallOutcome, now: u64) {
         let bits = u8::from(outcome.failure) | u8::from(outcome.slow) << 1;
         match &mut self.window {
             Calls::Count { ring, head, len } => {
@@ -350,17 +363,51 @@ fn human(ns: u64) -> String {
 /// UF, UC, UO, URX, UPE (bit order of Envoy's `CoreResponseFlag`, see `logline::response_flags`).
 pub const UPSTREAM_FAILURE_FLAGS: u64 = 1 << 1 | 1 << 2 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 15 | 1 << 23;
 
-/// Classifies a call from its status (`None`: the stream ended without response headers, e.g. a
-/// reset) and how long it took; `flags` (Envoy's `response.flags`) is read only when the status
-/// alone does not already make the call a failure and could be Envoy's own 5xx.
-pub fn classify(cfg: &Breaker, status: Option<u32>, flags: impl FnOnce() -> Option<u64>, elapsed: u64) -> Outcome {
-    let failure = match status {
-        None => true,
-        Some(s) if cfg.failure_status.contains(s) => true,
-        Some(s) if s >= 500 => flags().is_some_and(|f| f & UPSTREAM_FAILURE_FLAGS != 0),
-        Some(_) => false,
+/// `response.flags` bits of a call the caller abandoned: DC (the downstream connection was
+/// closed) and DR (the downstream reset the stream, e.g. a gRPC client's deadline or cancel).
+pub const ABANDONED_FLAGS: u64 = 1 << 14 | 1 << 28;
+
+/// gRPC CANCELLED: the caller gave up; never the service's fault.
+const GRPC_CANCELLED: u32 = 1;
+
+/// How a call ended, as far as the stream showed it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ending {
+    /// The response's HTTP status; `None` when the stream ended without response headers.
+    pub status: Option<u32>,
+    /// The request was a gRPC call: an HTTP 200 says nothing, its `grpc-status` does.
+    pub grpc: bool,
+    /// `grpc-status` from a trailers-only response or from the trailers; `None` when the stream
+    /// ended without one.
+    pub grpc_status: Option<u32>,
+}
+
+/// Classifies a call (SPEC §1 "Outcome of a call", "Neutral calls", "gRPC calls"); `None` for a
+/// neutral call, which counts neither as success nor as failure: an ignored status, gRPC
+/// CANCELLED, or a call the caller abandoned (unless it had already run past
+/// `slow_call_duration`: the caller's timeout says it was slow). `elapsed` is the time from the
+/// request to the response headers (or to the end, without them); `flags` (Envoy's
+/// `response.flags`) is read only when the status alone cannot tell.
+pub fn classify(cfg: &Breaker, end: &Ending, flags: impl FnOnce() -> Option<u64>, elapsed: u64) -> Option<CallOutcome> {
+    let slow = elapsed > cfg.slow_call_duration;
+    let abandoned = |flags: Option<u64>| flags.is_some_and(|f| f & ABANDONED_FLAGS != 0);
+    let failure = match (end.status, end.grpc) {
+        (Some(200), true) => match end.grpc_status {
+            Some(GRPC_CANCELLED) => return None,
+            Some(code) => cfg.failure_grpc_status.contains(code),
+            // The stream ended without a gRPC status: the caller went away, or the call broke.
+            None if abandoned(flags()) => return slow.then_some(CallOutcome { failure: false, slow }),
+            None => true,
+        },
+        (Some(s), _) if cfg.ignore_status.contains(s) => return None,
+        (Some(s), _) if cfg.failure_status.contains(s) => true,
+        (Some(s), _) if s >= 500 => flags().is_some_and(|f| f & UPSTREAM_FAILURE_FLAGS != 0),
+        (Some(_), _) => false,
+        (None, _) if abandoned(flags()) => return slow.then_some(CallOutcome { failure: false, slow }),
+        // Reset before any response (upstream reset, connection failure without a reply).
+        (None, _) => true,
     };
-    Outcome { failure, slow: elapsed > cfg.slow_call_duration }
+    Some(CallOutcome { failure, slow })
 }
 
 /// The shared-data key of a rule's circuit: per plugin (two meshguard plugins on one proxy share

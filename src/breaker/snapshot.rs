@@ -21,7 +21,7 @@
 //!
 //! Half-open states and time windows (where every success changes a bucket) are never copied.
 
-use super::{Admission, Outcome, Phase, State};
+use super::{Admission, CallOutcome, Phase, State};
 use crate::config::{Breaker, BreakerMode};
 
 /// The copy and the epoch read before it.
@@ -56,7 +56,7 @@ impl Snapshot {
 
     /// Whether recording `outcome` of a call admitted under `generation` is known to change
     /// nothing while the epoch is still the copy's (`Some(epoch)` to compare with).
-    pub fn noop_record(&self, generation: u32, outcome: Outcome) -> Option<u64> {
+    pub fn noop_record(&self, generation: u32, outcome: CallOutcome) -> Option<u64> {
         let success = !outcome.failure && !outcome.slow;
         let quiet = self.state.phase == Phase::Closed && self.state.generation == generation;
         if success && quiet {

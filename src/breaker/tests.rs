@@ -10,9 +10,9 @@ const S: u64 = 1_000_000_000;
 const MS: u64 = 1_000_000;
 const T0: u64 = 1_700_000_000 * S;
 
-const OK: Outcome = Outcome { failure: false, slow: false };
-const FAIL: Outcome = Outcome { failure: true, slow: false };
-const SLOW: Outcome = Outcome { failure: false, slow: true };
+const OK: CallOutcome = CallOutcome { failure: false, slow: false };
+const FAIL: CallOutcome = CallOutcome { failure: true, slow: false };
+const SLOW: CallOutcome = CallOutcome { failure: false, slow: true };
 
 fn cfg(json: &str) -> Breaker {
     let c = config::parse(format!(r#"{{"circuit_breaker": {json}}}"#).as_bytes()).unwrap();
@@ -21,7 +21,7 @@ fn cfg(json: &str) -> Breaker {
 
 /// Admits and records one call at `now`, round-tripping the state through its encoding as the
 /// shell does; returns the admission and any transitions.
-fn call(state: &mut State, cfg: &Breaker, outcome: Outcome, now: u64) -> (Admission, Vec<Transition>) {
+fn call(state: &mut State, cfg: &Breaker, outcome: CallOutcome, now: u64) -> (Admission, Vec<Transition>) {
     let mut transitions = Vec::new();
     let (admission, t) = state.admit(cfg, now);
     transitions.extend(t);
@@ -36,7 +36,7 @@ fn call(state: &mut State, cfg: &Breaker, outcome: Outcome, now: u64) -> (Admiss
     (admission, transitions)
 }
 
-fn calls(state: &mut State, cfg: &Breaker, outcomes: &[Outcome], now: u64) -> Vec<Transition> {
+fn calls(state: &mut State, cfg: &Breaker, outcomes: &[CallOutcome], now: u64) -> Vec<Transition> {
     outcomes.iter().flat_map(|o| call(state, cfg, *o, now).1).collect()
 }
 
@@ -260,23 +260,112 @@ fn human_durations() {
     assert_eq!(human(3600 * S), "1h0m0s");
 }
 
+fn http(status: Option<u32>) -> Ending {
+    Ending { status, grpc: false, grpc_status: None }
+}
+
+fn grpc(status: Option<u32>, grpc_status: Option<u32>) -> Ending {
+    Ending { status, grpc: true, grpc_status }
+}
+
+const DC: u64 = 1 << 14;
+const DR: u64 = 1 << 28;
+
 #[test]
 fn classification_by_status_envoy_flags_and_duration() {
     let c = cfg(r#"{"failure_status": [500, "502-503"], "slow_call_duration": "1s"}"#);
     let no_flags = || -> Option<u64> { panic!("flags read although the status decided") };
-    assert_eq!(classify(&c, Some(200), no_flags, S), OK);
-    assert_eq!(classify(&c, Some(200), no_flags, S + 1), SLOW);
-    assert_eq!(classify(&c, Some(502), no_flags, 0), FAIL);
-    assert_eq!(classify(&c, Some(404), no_flags, 0), OK);
-    assert_eq!(classify(&c, None, no_flags, 0), FAIL, "reset before response headers");
+    assert_eq!(classify(&c, &http(Some(200)), no_flags, S), Some(OK));
+    assert_eq!(classify(&c, &http(Some(200)), no_flags, S + 1), Some(SLOW));
+    assert_eq!(classify(&c, &http(Some(502)), no_flags, 0), Some(FAIL));
+    assert_eq!(classify(&c, &http(Some(404)), no_flags, 0), Some(OK));
+    assert_eq!(classify(&c, &http(None), || Some(0), 0), Some(FAIL), "reset before response headers");
+    assert_eq!(classify(&c, &http(None), || None, 0), Some(FAIL), "flags unreadable: a reset");
     // 504 is not in the set: a failure only when Envoy made it (UT, upstream timeout).
-    assert_eq!(classify(&c, Some(504), || Some(1 << 2), 0), FAIL);
-    assert_eq!(classify(&c, Some(504), || Some(0), 0), OK);
-    assert_eq!(classify(&c, Some(504), || Some(1 << 8), 0), OK, "NR is not an upstream failure");
+    assert_eq!(classify(&c, &http(Some(504)), || Some(1 << 2), 0), Some(FAIL));
+    assert_eq!(classify(&c, &http(Some(504)), || Some(0), 0), Some(OK));
+    assert_eq!(classify(&c, &http(Some(504)), || Some(1 << 8), 0), Some(OK), "NR is not an upstream failure");
     for bit in [1, 2, 4, 5, 6, 7, 15, 23] {
-        assert_eq!(classify(&c, Some(503), || unreachable!(), 0), FAIL);
-        assert_eq!(classify(&c, Some(599), || Some(1 << bit), 0), FAIL, "bit {bit}");
+        assert_eq!(classify(&c, &http(Some(503)), || unreachable!(), 0), Some(FAIL));
+        assert_eq!(classify(&c, &http(Some(599)), || Some(1 << bit), 0), Some(FAIL), "bit {bit}");
     }
+}
+
+#[test]
+fn ignored_statuses_are_neutral_and_win_over_failure_statuses() {
+    let c = cfg(r#"{"failure_status": ["4xx", "5xx"], "ignore_status": [429, "404"]}"#);
+    for status in [429, 404] {
+        assert_eq!(classify(&c, &http(Some(status)), || unreachable!(), 10 * S), None, "{status}");
+    }
+    assert_eq!(classify(&c, &http(Some(400)), || unreachable!(), 0), Some(FAIL));
+    let grpc_ignored = cfg(r#"{"ignore_status": [503]}"#);
+    assert_eq!(classify(&grpc_ignored, &grpc(Some(503), None), || unreachable!(), 0), None, "non-200 gRPC as HTTP");
+}
+
+#[test]
+fn calls_the_caller_abandoned_are_neutral_or_slow() {
+    let c = cfg(r#"{"slow_call_duration": "2s"}"#);
+    for flags in [DC, DR, DC | DR, DR | 1 << 2] {
+        assert_eq!(classify(&c, &http(None), || Some(flags), S), None, "flags {flags:#x}");
+        assert_eq!(classify(&c, &http(None), || Some(flags), 3 * S), Some(SLOW), "flags {flags:#x}");
+        // A gRPC stream the caller cancelled after the response headers, before the status.
+        assert_eq!(classify(&c, &grpc(Some(200), None), || Some(flags), S), None);
+        assert_eq!(classify(&c, &grpc(Some(200), None), || Some(flags), 3 * S), Some(SLOW));
+    }
+    // A response that arrived is judged by its status, whatever the caller did after it.
+    assert_eq!(classify(&c, &http(Some(503)), || Some(DR), 0), Some(FAIL));
+}
+
+/// Every gRPC status on every kind of ending: trailers-only or trailers (the same `Ending`), a
+/// stream that ended without a status, and a non-200 HTTP status.
+#[test]
+fn grpc_calls_are_judged_by_grpc_status() {
+    let c = cfg(r#"{"slow_call_duration": "1s"}"#);
+    let failures = [2, 4, 13, 14, 15];
+    for code in 0..=16 {
+        let expected = match code {
+            1 => None,
+            c if failures.contains(&c) => Some(FAIL),
+            _ => Some(OK),
+        };
+        assert_eq!(classify(&c, &grpc(Some(200), Some(code)), || unreachable!(), 0), expected, "grpc-status {code}");
+        let slow = expected.map(|o| CallOutcome { slow: true, ..o });
+        assert_eq!(classify(&c, &grpc(Some(200), Some(code)), || unreachable!(), 2 * S), slow, "slow {code}");
+    }
+    assert_eq!(classify(&c, &grpc(Some(200), None), || Some(0), 0), Some(FAIL), "ended without grpc-status");
+    assert_eq!(classify(&c, &grpc(None, None), || Some(1 << 4), 0), Some(FAIL), "upstream reset");
+    assert_eq!(classify(&c, &grpc(Some(503), None), || unreachable!(), 0), Some(FAIL), "Envoy's own 503");
+    assert_eq!(classify(&c, &grpc(Some(503), Some(0)), || unreachable!(), 0), Some(FAIL), "HTTP status decides");
+    assert_eq!(classify(&c, &grpc(Some(404), None), || unreachable!(), 0), Some(OK));
+    // The codes are configurable; HTTP 200 of a non-gRPC call ignores any grpc-status.
+    let custom = cfg(r#"{"failure_grpc_status": [8]}"#);
+    assert_eq!(classify(&custom, &grpc(Some(200), Some(8)), || unreachable!(), 0), Some(FAIL));
+    assert_eq!(classify(&custom, &grpc(Some(200), Some(14)), || unreachable!(), 0), Some(OK));
+    assert_eq!(
+        classify(&c, &Ending { status: Some(200), grpc: false, grpc_status: Some(14) }, || unreachable!(), 0),
+        Some(OK)
+    );
+}
+
+#[test]
+fn a_neutral_probe_frees_its_slot() {
+    let c = cfg(r#"{"consecutive_failures": 1, "half_open_calls": 2, "open_duration": "1s"}"#);
+    let mut s = State::new(&c);
+    s.record(&c, 0, false, FAIL, 0);
+    assert_eq!(s.phase, Phase::Open);
+    let g = match s.admit(&c, 2 * S).0 {
+        Admission::Probe { generation } => generation,
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(s.admit(&c, 2 * S).0, Admission::Probe { .. }));
+    assert!(matches!(s.admit(&c, 2 * S).0, Admission::Reject { .. }), "both slots taken");
+    assert!(s.free_probe(g));
+    assert!(matches!(s.admit(&c, 2 * S).0, Admission::Probe { .. }), "the freed slot is taken again");
+    assert!(!s.free_probe(g + 1), "another generation's probe frees nothing");
+    s.record(&c, g, true, OK, 2 * S);
+    s.record(&c, g, true, OK, 2 * S);
+    assert_eq!(s.phase, Phase::Closed);
+    assert!(!s.free_probe(g), "a closed circuit has no probe to free");
 }
 
 #[test]
@@ -309,7 +398,7 @@ fn quiet_means_a_success_and_an_admission_change_nothing() {
     for n in 0..=6u32 {
         for bits in 0..(1u32 << n) {
             let mut state = State::new(&c);
-            let outcomes: Vec<Outcome> = (0..n).map(|i| if bits >> i & 1 == 1 { FAIL } else { OK }).collect();
+            let outcomes: Vec<CallOutcome> = (0..n).map(|i| if bits >> i & 1 == 1 { FAIL } else { OK }).collect();
             calls(&mut state, &c, &outcomes, T0);
             let mut after = state.clone();
             let (admission, t) = after.admit(&c, T0);

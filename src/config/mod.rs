@@ -10,7 +10,7 @@ pub mod status;
 use serde_json::{Map, Value};
 
 use reader::{header_name_problem, is_token, join, kind, object, Errors, Fields};
-pub use status::StatusSet;
+pub use status::{GrpcCodes, StatusSet};
 
 /// Name of the implicit rule that requests matching no rule fall into.
 pub const DEFAULT_RULE: &str = "default";
@@ -53,6 +53,9 @@ pub struct Trace {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TraceMode {
+    /// `propagate` while Envoy has no tracer, `defer` once meshguard has seen Envoy's tracer
+    /// rewrite the trace headers (each worker learns it from its first traced requests).
+    Auto,
     /// Keep a valid traceparent unchanged.
     Propagate,
     /// Give every hop its own parent-id.
@@ -107,6 +110,10 @@ pub struct Breaker {
     pub open_duration_multiplier: f64,
     pub half_open_calls: u32,
     pub failure_status: StatusSet,
+    /// Neutral: neither success nor failure (e.g. 429).
+    pub ignore_status: StatusSet,
+    /// gRPC statuses that are failures (CANCELLED is always neutral, the rest successes).
+    pub failure_grpc_status: GrpcCodes,
     pub mode: BreakerMode,
     pub open_status: u32,
 }
@@ -140,6 +147,8 @@ pub struct Dedup {
     pub scope: Scope,
     pub max_entries: u32,
     pub mode: DedupMode,
+    /// Where a JSON body carries the key when no header does (RFC 6901).
+    pub body_key: Option<crate::dedup::body_key::Pointer>,
 }
 
 /// SPEC §2 "Modes": `metrics_only` reads, checks, stores and counts keys exactly as `enforce`
@@ -220,7 +229,7 @@ impl Default for Trace {
     fn default() -> Self {
         Trace {
             enabled: true,
-            mode: TraceMode::Propagate,
+            mode: TraceMode::Auto,
             sample_ratio: 1.0,
             b3: B3::Accept,
             traceresponse: TraceResponse::Off,
@@ -248,6 +257,9 @@ impl Default for Breaker {
             open_duration_multiplier: 2.0,
             half_open_calls: 3,
             failure_status: StatusSet::of(&["5xx"]),
+            ignore_status: StatusSet::EMPTY,
+            // UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS.
+            failure_grpc_status: GrpcCodes::of(&[2, 4, 13, 14, 15]),
             mode: BreakerMode::Enforce,
             open_status: 503,
         }
@@ -268,6 +280,7 @@ impl Default for Dedup {
             scope: Scope::Rule,
             max_entries: 100_000,
             mode: DedupMode::Enforce,
+            body_key: None,
         }
     }
 }
@@ -327,7 +340,11 @@ fn parse_value(value: &Value, errors: &mut Errors) -> Option<Config> {
     let log = parse_log(map.get("log"), errors);
     if correlation.generator == Generator::TraceId && (!trace.enabled || trace.mode == TraceMode::Defer) {
         // In `defer` mode the trace-id is Envoy's, chosen after meshguard has to set the header.
-        errors.add("correlation.generator", "\"trace_id\" needs trace.enabled and trace.mode \"propagate\" or \"hop\"");
+        // (In `auto` mode, once Envoy's tracer is seen, the generator falls back to a UUID.)
+        errors.add(
+            "correlation.generator",
+            "\"trace_id\" needs trace.enabled and trace.mode \"auto\", \"propagate\" or \"hop\"",
+        );
     }
     let circuit_breaker = section(map.get("circuit_breaker"), "circuit_breaker", None, errors, parse_breaker);
     let dedup = section(map.get("dedup"), "dedup", None, errors, parse_dedup);
@@ -417,11 +434,12 @@ fn parse_trace(value: Option<&Value>, errors: &mut Errors) -> Trace {
     if let Some(enabled) = f.bool("enabled") {
         t.enabled = enabled;
     }
-    if let Some(mode) = f.choice("mode", &["propagate", "hop", "defer"]) {
+    if let Some(mode) = f.choice("mode", &["auto", "propagate", "hop", "defer"]) {
         t.mode = match mode {
             "hop" => TraceMode::Hop,
             "defer" => TraceMode::Defer,
-            _ => TraceMode::Propagate,
+            "propagate" => TraceMode::Propagate,
+            _ => TraceMode::Auto,
         };
     }
     if let Some(ratio) = f.number("sample_ratio", 0.0, 1.0) {
@@ -504,6 +522,8 @@ pub const BREAKER_KEYS: &[&str] = &[
     "open_duration_multiplier",
     "half_open_calls",
     "failure_status",
+    "ignore_status",
+    "failure_grpc_status",
     "mode",
     "open_status",
 ];
@@ -546,6 +566,12 @@ fn parse_breaker(mut b: Breaker, mut f: Fields) -> Option<Breaker> {
     }
     if let Some(v) = f.status_set("failure_status") {
         b.failure_status = v;
+    }
+    if let Some(v) = f.status_set("ignore_status") {
+        b.ignore_status = v;
+    }
+    if let Some(v) = f.grpc_codes("failure_grpc_status") {
+        b.failure_grpc_status = v;
     }
     if let Some(mode) = f.choice("mode", &["enforce", "metrics_only", "forced_open", "disabled"]) {
         match mode {
@@ -623,6 +649,7 @@ pub const DEDUP_KEYS: &[&str] = &[
     "scope",
     "max_entries",
     "mode",
+    "body_key",
 ];
 
 fn parse_dedup(mut d: Dedup, mut f: Fields) -> Option<Dedup> {
@@ -676,6 +703,12 @@ fn parse_dedup(mut d: Dedup, mut f: Fields) -> Option<Dedup> {
     }
     if let Some(v) = f.choice("mode", &["enforce", "metrics_only"]) {
         d.mode = if v == "metrics_only" { DedupMode::MetricsOnly } else { DedupMode::Enforce };
+    }
+    if let Some(text) = f.str("body_key") {
+        match crate::dedup::body_key::Pointer::parse(text) {
+            Ok(pointer) => d.body_key = Some(pointer),
+            Err(message) => f.error("body_key", message),
+        }
     }
     Some(d)
 }

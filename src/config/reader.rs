@@ -3,7 +3,8 @@
 
 use serde_json::{Map, Value};
 
-use super::{duration, status, status::StatusSet};
+use super::status::{GrpcCodes, StatusSet};
+use super::{duration, status};
 
 /// All errors of one configuration, each `path: message`.
 #[derive(Debug, Default)]
@@ -183,6 +184,24 @@ impl<'v> Fields<'v, '_> {
             }
         }
         ok.then_some(set)
+    }
+
+    /// An array of gRPC status codes (integers 0-16).
+    pub fn grpc_codes(&mut self, key: &str) -> Option<GrpcCodes> {
+        let items = self.typed(key, "an array", Value::as_array)?;
+        let mut codes = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match item.as_u64().filter(|c| *c <= u64::from(GrpcCodes::MAX)) {
+                Some(code) => codes.push(code as u32),
+                None => {
+                    ok = false;
+                    let path = format!("{}[{i}]", self.path_of(key));
+                    self.errors.add(&path, format!("must be a gRPC status code from 0 to 16, got {item}"));
+                }
+            }
+        }
+        ok.then(|| GrpcCodes::of(&codes))
     }
 
     /// An array of strings, each checked by `valid` (which returns the problem, if any).

@@ -39,6 +39,23 @@ impl StatusSet {
     }
 }
 
+/// gRPC status codes 0..=16 as bits (`failure_grpc_status`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GrpcCodes(u32);
+
+impl GrpcCodes {
+    /// The highest gRPC status code (UNAUTHENTICATED).
+    pub const MAX: u32 = 16;
+
+    pub fn of(codes: &[u32]) -> GrpcCodes {
+        GrpcCodes(codes.iter().filter(|c| **c <= Self::MAX).fold(0, |bits, c| bits | 1 << c))
+    }
+
+    pub fn contains(&self, code: u32) -> bool {
+        code <= Self::MAX && self.0 & (1 << code) != 0
+    }
+}
+
 /// One item written as a string: `"503"`, `"500-504"` or `"5xx"`.
 pub fn parse_item(text: &str) -> Result<(u32, u32), String> {
     let code = |s: &str| -> Option<u32> {
@@ -77,6 +94,16 @@ mod tests {
         for bad in ["", "5", "5000", "600", "099", "6xx", "0xx", "504-500", "a-b", "5x", "500-", "-500"] {
             assert!(parse_item(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn grpc_codes_contain_exactly_their_members() {
+        let set = GrpcCodes::of(&[2, 4, 13, 14, 15]);
+        for code in 0..=20 {
+            assert_eq!(set.contains(code), [2, 4, 13, 14, 15].contains(&code), "{code}");
+        }
+        assert!(!GrpcCodes::of(&[17, 40]).contains(17));
+        assert!(GrpcCodes::of(&[0, 16]).contains(16));
     }
 
     #[test]

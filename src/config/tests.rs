@@ -154,7 +154,13 @@ fn invalid_values_are_reported_with_their_json_path() {
         (r#"{"circuit_breaker": {"failure_status": "5xx"}}"#, "circuit_breaker.failure_status: must be an array, got a string"),
         (r#"{"circuit_breaker": {"mode": "on"}}"#, "circuit_breaker.mode: must be one of \"enforce\", \"metrics_only\", \"forced_open\", \"disabled\", got \"on\""),
         (r#"{"circuit_breaker": {"open_status": 99}}"#, "circuit_breaker.open_status: must be an integer from 200 to 599, got 99"),
-        (r#"{"circuit_breaker": {"treshold": 5}}"#, "circuit_breaker.treshold: unknown key (expected one of: failure_rate_threshold, slow_call_rate_threshold, slow_call_duration, window, minimum_calls, consecutive_failures, open_duration, max_open_duration, open_duration_multiplier, half_open_calls, failure_status, mode, open_status)"),
+        (r#"{"circuit_breaker": {"failure_grpc_status": [14, 17]}}"#, "circuit_breaker.failure_grpc_status[1]: must be a gRPC status code from 0 to 16, got 17"),
+        (r#"{"circuit_breaker": {"ignore_status": ["6xx"]}}"#, "circuit_breaker.ignore_status[0]: invalid status \"6xx\" (expected a code 100-599, a range \"500-504\" or a class \"5xx\")"),
+        (r#"{"routes": [{"name": "o", "dedup": {"body_key": "eventId"}}]}"#, "routes[0].dedup.body_key: must be a JSON Pointer (RFC 6901): empty or starting with \"/\", got \"eventId\""),
+        (r#"{"dedup": {"body_key": "/a~2"}}"#, "dedup.body_key: invalid JSON Pointer \"/a~2\": \"~\" must be followed by 0 or 1"),
+        (r#"{"dedup": {"body_key": 5}}"#, "dedup.body_key: must be a string, got a number"),
+        (r#"{"trace": {"mode": "follow"}}"#, "trace.mode: must be one of \"auto\", \"propagate\", \"hop\", \"defer\", got \"follow\""),
+        (r#"{"circuit_breaker": {"treshold": 5}}"#, "circuit_breaker.treshold: unknown key (expected one of: failure_rate_threshold, slow_call_rate_threshold, slow_call_duration, window, minimum_calls, consecutive_failures, open_duration, max_open_duration, open_duration_multiplier, half_open_calls, failure_status, ignore_status, failure_grpc_status, mode, open_status)"),
         (r#"{"circuit_breaker": true}"#, "circuit_breaker: must be an object or \"disabled\", got a boolean"),
         (r#"{"dedup": "off"}"#, "dedup: must be an object or \"disabled\", got a string"),
         (r#"{"dedup": {"headers": []}}"#, "dedup.headers: must not be empty"),
@@ -172,7 +178,7 @@ fn invalid_values_are_reported_with_their_json_path() {
         (r#"{"dedup": {"mode": "dry_run"}}"#, "dedup.mode: must be one of \"enforce\", \"metrics_only\", got \"dry_run\""),
         (r#"{"dedup": {"mode": "disabled"}}"#, "dedup.mode: must be one of \"enforce\", \"metrics_only\", got \"disabled\""),
         (r#"{"routes": [{"name": "a", "dedup": {"mode": 1}}]}"#, "routes[0].dedup.mode: must be a string, got a number"),
-        (r#"{"dedup": {"mod": "enforce"}}"#, "dedup.mod: unknown key (expected one of: headers, methods, ttl, in_flight_ttl, on_missing, duplicate_status, success_status, fingerprint, scope, max_entries, mode)"),
+        (r#"{"dedup": {"mod": "enforce"}}"#, "dedup.mod: unknown key (expected one of: headers, methods, ttl, in_flight_ttl, on_missing, duplicate_status, success_status, fingerprint, scope, max_entries, mode, body_key)"),
         (r#"{"routes": {}}"#, "routes: must be an array, got an object"),
         (r#"{"routes": [{}]}"#, "routes[0].name: is required"),
         (r#"{"routes": [{"name": ""}]}"#, "routes[0].name: must be 1-64 characters of A-Z a-z 0-9 _ - ., got \"\""),
@@ -250,7 +256,8 @@ fn limits_are_enforced() {
 
 #[test]
 fn trace_id_generator_needs_a_trace_id_meshguard_chooses() {
-    let expected = "correlation.generator: \"trace_id\" needs trace.enabled and trace.mode \"propagate\" or \"hop\"";
+    let expected =
+        "correlation.generator: \"trace_id\" needs trace.enabled and trace.mode \"auto\", \"propagate\" or \"hop\"";
     for trace in [r#"{"mode": "defer"}"#, r#"{"enabled": false}"#] {
         let json = format!(r#"{{"correlation": {{"generator": "trace_id"}}, "trace": {trace}}}"#);
         assert_eq!(errors(&json), vec![expected.to_string()]);

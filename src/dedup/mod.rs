@@ -5,6 +5,9 @@
 //! * [`Store`] is a fixed set of buckets in shared data, each a small list of entries changed by
 //!   compare-and-swap; its layout bounds memory by configuration (see [`Layout`]).
 
+pub mod body_key;
+pub mod shared;
+pub mod stage;
 pub mod store;
 #[cfg(test)]
 mod tests;
@@ -22,7 +25,7 @@ pub const MAX_BODY_FINGERPRINT: usize = 64 * 1024;
 
 /// `meshguard_dedup_total{outcome}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum DedupOutcome {
     First,
     Duplicate,
     InFlight,
@@ -31,30 +34,34 @@ pub enum Outcome {
     Invalid,
     Mismatch,
     Generated,
+    /// A CloudEvents batch: several events, no single key; passed on.
+    Batch,
 }
 
-impl Outcome {
-    pub const ALL: [Outcome; 8] = [
-        Outcome::First,
-        Outcome::Duplicate,
-        Outcome::InFlight,
-        Outcome::Released,
-        Outcome::Missing,
-        Outcome::Invalid,
-        Outcome::Mismatch,
-        Outcome::Generated,
+impl DedupOutcome {
+    pub const ALL: [DedupOutcome; 9] = [
+        DedupOutcome::First,
+        DedupOutcome::Duplicate,
+        DedupOutcome::InFlight,
+        DedupOutcome::Released,
+        DedupOutcome::Missing,
+        DedupOutcome::Invalid,
+        DedupOutcome::Mismatch,
+        DedupOutcome::Generated,
+        DedupOutcome::Batch,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::First => "first",
-            Outcome::Duplicate => "duplicate",
-            Outcome::InFlight => "in_flight",
-            Outcome::Released => "released",
-            Outcome::Missing => "missing",
-            Outcome::Invalid => "invalid",
-            Outcome::Mismatch => "mismatch",
-            Outcome::Generated => "generated",
+            DedupOutcome::First => "first",
+            DedupOutcome::Duplicate => "duplicate",
+            DedupOutcome::InFlight => "in_flight",
+            DedupOutcome::Released => "released",
+            DedupOutcome::Missing => "missing",
+            DedupOutcome::Invalid => "invalid",
+            DedupOutcome::Mismatch => "mismatch",
+            DedupOutcome::Generated => "generated",
+            DedupOutcome::Batch => "batch",
         }
     }
 }
@@ -71,12 +78,29 @@ pub enum Key {
     Valid { key: Vec<u8>, event_id: String },
 }
 
-/// The key of a request by the configured header list.
+/// Which request owns an entry while it is in flight: random, so that no other request can
+/// complete or release it; never 0.
+pub fn nonce(entropy: &mut impl crate::ids::Entropy) -> u32 {
+    let mut bytes = [0u8; 4];
+    entropy.fill(&mut bytes);
+    u32::from_le_bytes(bytes) | 1
+}
+
+/// The key of a request by the configured header list. A key header sent on more than one line
+/// is invalid: the lines reach the service joined (`a, b`), and keying on one of them would later
+/// answer a genuine `a` as a duplicate it never was.
 pub fn event_key(headers: &HeaderMap, names: &[String]) -> Key {
     for name in names {
-        let Some(raw) = headers.get(name) else {
+        let mut lines = headers.all(name);
+        let Some(raw) = lines.next() else {
             continue;
         };
+        if lines.next().is_some() {
+            return Key::Invalid { header: name.clone(), reason: "sent on more than one line" };
+        }
+        if name == "ce-id" {
+            return cloudevent_key(headers, raw);
+        }
         let value = if name == "idempotency-key" { sf_string(raw) } else { Some(raw.to_vec()) };
         let Some(value) = value else {
             return Key::Invalid { header: name.clone(), reason: "not a valid structured-field string" };
@@ -85,22 +109,86 @@ pub fn event_key(headers: &HeaderMap, names: &[String]) -> Key {
             return Key::Invalid { header: name.clone(), reason };
         }
         let event_id = String::from_utf8_lossy(&value).into_owned();
-        let key = if name == "ce-id" {
-            // A CloudEvent is identified by source and id together.
-            let source = headers.get("ce-source").unwrap_or_default();
-            if invalid(source).is_some() && !source.is_empty() {
-                return Key::Invalid { header: "ce-source".into(), reason: "must be visible ASCII, at most 255 bytes" };
-            }
-            let mut k = source.to_vec();
-            k.push(b' ');
-            k.extend_from_slice(&value);
-            k
-        } else {
-            value
-        };
-        return Key::Valid { key, event_id };
+        return Key::Valid { key: value, event_id };
     }
     Key::Missing
+}
+
+/// A binary-mode CloudEvent: identified by `ce-source` and `ce-id` together, each
+/// percent-decoded as the CloudEvents HTTP binding says (§3.1.3.2), so that the same event in
+/// structured mode (`source`, `id` in the JSON body) has the same key.
+fn cloudevent_key(headers: &HeaderMap, raw_id: &[u8]) -> Key {
+    let invalid_header = |header: &str, reason| Key::Invalid { header: header.to_string(), reason };
+    if let Some(reason) = invalid(raw_id) {
+        return invalid_header("ce-id", reason);
+    }
+    let Some(id) = percent_decode(raw_id) else {
+        return invalid_header("ce-id", "not a valid percent-encoded value");
+    };
+    let mut sources = headers.all("ce-source");
+    let raw_source = sources.next().unwrap_or_default();
+    if sources.next().is_some() {
+        return invalid_header("ce-source", "sent on more than one line");
+    }
+    if !raw_source.is_empty() && invalid(raw_source).is_some() {
+        return invalid_header("ce-source", "must be visible ASCII, at most 255 bytes");
+    }
+    let Some(source) = percent_decode(raw_source) else {
+        return invalid_header("ce-source", "not a valid percent-encoded value");
+    };
+    match cloudevent(&source, &id) {
+        Ok(key) => key,
+        Err(reason) => invalid_header("ce-id", reason),
+    }
+}
+
+/// The key of the CloudEvent `source` + `id` (decoded), from headers or from a JSON body alike.
+pub fn cloudevent(source: &[u8], id: &[u8]) -> Result<Key, &'static str> {
+    if let Some(reason) = invalid_text(id) {
+        return Err(reason);
+    }
+    let mut key = Vec::with_capacity(source.len() + 1 + id.len());
+    key.extend_from_slice(source);
+    key.push(b' ');
+    key.extend_from_slice(id);
+    Ok(Key::Valid { key, event_id: String::from_utf8_lossy(id).into_owned() })
+}
+
+/// A key found in a JSON body (`body_key`): decoded text, not a header value, so any UTF-8
+/// without control characters, 1 to 255 bytes.
+pub fn body_key(value: &[u8]) -> Key {
+    match invalid_text(value) {
+        Some(reason) => Key::Invalid { header: "body".into(), reason },
+        None => Key::Valid { key: value.to_vec(), event_id: String::from_utf8_lossy(value).into_owned() },
+    }
+}
+
+fn invalid_text(value: &[u8]) -> Option<&'static str> {
+    if value.is_empty() {
+        Some("empty")
+    } else if value.len() > MAX_KEY_LEN {
+        Some("longer than 255 bytes")
+    } else if std::str::from_utf8(value).is_err() || value.iter().any(|b| b.is_ascii_control()) {
+        Some("must be UTF-8 text without control characters")
+    } else {
+        None
+    }
+}
+
+/// `%XX` sequences decoded; `None` for a `%` not followed by two hex digits.
+fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.iter();
+    while let Some(&b) = bytes.next() {
+        if b != b'%' {
+            out.push(b);
+            continue;
+        }
+        let hi = (*bytes.next()? as char).to_digit(16)?;
+        let lo = (*bytes.next()? as char).to_digit(16)?;
+        out.push((hi * 16 + lo) as u8);
+    }
+    Some(out)
 }
 
 fn invalid(value: &[u8]) -> Option<&'static str> {

@@ -38,6 +38,43 @@ extern "C" {
         additional_headers_size: usize,
         grpc_status: i32,
     ) -> Status;
+    fn proxy_get_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> Status;
+    fn proxy_replace_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> Status;
+    fn proxy_add_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> Status;
+    fn proxy_remove_header_map_value(map_type: MapType, key_data: *const u8, key_size: usize) -> Status;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> Status;
+    fn proxy_set_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        size: usize,
+        buffer_data: *const u8,
+        buffer_size: usize,
+    ) -> Status;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> Status;
+    fn proxy_get_metric(metric_id: u32, return_value: *mut u64) -> Status;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> Status;
     fn proxy_record_metric(metric_id: u32, value: u64) -> Status;
     fn proxy_get_buffer_bytes(
@@ -94,7 +131,14 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<bool, Status
 }
 
 /// Answers the request locally; `headers` in proxy-wasm's serialised map form.
-pub fn send_local_response(status: u32, details: &str, headers: &[u8], body: &[u8]) -> Result<(), Status> {
+/// `grpc_status` -1: none (an HTTP reply).
+pub fn send_local_response(
+    status: u32,
+    details: &str,
+    headers: &[u8],
+    body: &[u8],
+    grpc_status: i32,
+) -> Result<(), Status> {
     // SAFETY: all buffers are valid for their lengths during the call; the host copies them.
     let status = unsafe {
         proxy_send_local_response(
@@ -105,7 +149,7 @@ pub fn send_local_response(status: u32, details: &str, headers: &[u8], body: &[u
             body.len(),
             headers.as_ptr(),
             headers.len(),
-            -1,
+            grpc_status,
         )
     };
     match status {
@@ -136,6 +180,87 @@ pub fn header_map(map: MapType) -> Result<Vec<u8>, Status> {
         // SAFETY: see above; the buffer was allocated as a `Vec<u8>` of capacity `size`.
         Status::Ok => Ok(unsafe { Vec::from_raw_parts(data, size, size) }),
         status => Err(status),
+    }
+}
+
+/// One header's value (its first line) from a header map; `None` when absent, or when the map is
+/// not available in this callback (Envoy answers BadArgument, on which the SDK's wrapper panics).
+pub fn header_value(map: MapType, name: &str) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as in `header_map`: the host hands over a buffer allocated by our allocator.
+    match unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size) } {
+        Status::Ok if data.is_null() => Some(Vec::new()),
+        // SAFETY: see above.
+        Status::Ok => Some(unsafe { Vec::from_raw_parts(data, size, size) }),
+        _ => None,
+    }
+}
+
+fn ok(status: Status) -> Result<(), Status> {
+    match status {
+        Status::Ok => Ok(()),
+        status => Err(status),
+    }
+}
+
+/// Replaces every line of a header (`Some`), or removes them (`None`).
+pub fn set_header(map: MapType, name: &str, value: Option<&[u8]>) -> Result<(), Status> {
+    // SAFETY: the buffers are valid for their lengths during the call; the host copies them.
+    ok(unsafe {
+        match value {
+            Some(v) => proxy_replace_header_map_value(map, name.as_ptr(), name.len(), v.as_ptr(), v.len()),
+            None => proxy_remove_header_map_value(map, name.as_ptr(), name.len()),
+        }
+    })
+}
+
+/// Adds a header line beside those already there.
+pub fn add_header(map: MapType, name: &str, value: &[u8]) -> Result<(), Status> {
+    // SAFETY: the buffers are valid for their lengths during the call; the host copies them.
+    ok(unsafe { proxy_add_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
+}
+
+/// A property by path (`["xds", "route_name"]`); `None` when absent or unreadable (Envoy answers
+/// SerializationFailure for some, on which the SDK's trait helper panics).
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    let mut serialized = Vec::with_capacity(path.iter().map(|p| p.len() + 1).sum());
+    for (i, part) in path.iter().enumerate() {
+        if i > 0 {
+            serialized.push(0);
+        }
+        serialized.extend_from_slice(part.as_bytes());
+    }
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as in `header_map`: the host hands over a buffer allocated by our allocator.
+    match unsafe { proxy_get_property(serialized.as_ptr(), serialized.len(), &mut data, &mut size) } {
+        // SAFETY: see above.
+        Status::Ok if !data.is_null() => Some(unsafe { Vec::from_raw_parts(data, size, size) }),
+        _ => None,
+    }
+}
+
+/// Replaces bytes `[start, start + size)` of the request body chunk being delivered.
+pub fn set_request_body(start: usize, size: usize, with: &[u8]) -> Result<(), Status> {
+    const HTTP_REQUEST_BODY: u32 = 0;
+    // SAFETY: the buffer is valid for its length during the call; the host copies it.
+    ok(unsafe { proxy_set_buffer_bytes(HTTP_REQUEST_BODY, start, size, with.as_ptr(), with.len()) })
+}
+
+/// Adds to a counter or gauge; a failure to count is not worth a crash.
+pub fn increment_metric(metric: u32, by: i64) {
+    // SAFETY: plain values.
+    let _ = unsafe { proxy_increment_metric(metric, by) };
+}
+
+/// A metric's value; `None` when the host cannot tell.
+pub fn metric(metric: u32) -> Option<u64> {
+    let mut value: u64 = 0;
+    // SAFETY: the host writes one u64 through the pointer.
+    match unsafe { proxy_get_metric(metric, &mut value) } {
+        Status::Ok => Some(value),
+        _ => None,
     }
 }
 

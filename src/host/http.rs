@@ -53,8 +53,13 @@ impl HttpContext for HttpStream {
         action(self.stream.on_request_body(&self.plugin, &mut WasmHost, 0, true))
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.stream.on_response_headers(&self.plugin, &mut WasmHost);
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.stream.on_response_headers(&self.plugin, &mut WasmHost, end_of_stream);
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.stream.on_response_trailers(&self.plugin, &mut WasmHost);
         Action::Continue
     }
 

@@ -44,9 +44,7 @@ impl RootContext for Root {
             hostcalls::define_metric(kind, name).ok()
         });
         // The plugin's name keeps the shared data of two meshguard plugins on one proxy apart.
-        let name = hostcalls::get_property(vec!["plugin_name"])
-            .ok()
-            .flatten()
+        let name = abi::property(&["plugin_name"])
             .and_then(|n| String::from_utf8(n).ok())
             .unwrap_or_else(|| "meshguard".to_string());
         let plugin = Plugin::new(config, metrics, &name);

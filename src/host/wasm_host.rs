@@ -1,12 +1,12 @@
 //! [`Host`] on real proxy-wasm host calls.
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel as WasmLevel, MapType};
+use proxy_wasm::types::{LogLevel as WasmLevel, MapType};
 
 use super::abi;
 use crate::config::LogLevel;
 use crate::filter::{Host, HostError, MetricId};
 use crate::headers::HeaderMap;
+use crate::reply::Reply;
 
 /// Host calls for the current stream (proxy-wasm sets the effective context before each callback).
 pub struct WasmHost;
@@ -17,27 +17,25 @@ impl Host for WasmHost {
     }
 
     fn set_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
-        hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value))
+        abi::set_header(MapType::HttpRequestHeaders, name, Some(value))
             .map_err(|_| HostError("cannot set request header"))
     }
 
     fn remove_request_header(&mut self, name: &str) -> Result<(), HostError> {
-        hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, None)
-            .map_err(|_| HostError("cannot remove request header"))
+        abi::set_header(MapType::HttpRequestHeaders, name, None).map_err(|_| HostError("cannot remove request header"))
     }
 
     fn add_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
-        hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, name, value)
-            .map_err(|_| HostError("cannot add response header"))
+        abi::add_header(MapType::HttpResponseHeaders, name, value).map_err(|_| HostError("cannot add response header"))
     }
 
     fn set_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
-        hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value))
+        abi::set_header(MapType::HttpResponseHeaders, name, Some(value))
             .map_err(|_| HostError("cannot set response header"))
     }
 
     fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
-        hostcalls::get_property(path.to_vec()).ok().flatten()
+        abi::property(path)
     }
 
     fn set_filter_state(&mut self, key: &str, value: &[u8]) -> Result<(), HostError> {
@@ -45,7 +43,11 @@ impl Host for WasmHost {
     }
 
     fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
-        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
+        abi::header_value(MapType::HttpResponseHeaders, name)
+    }
+
+    fn response_trailer(&mut self, name: &str) -> Option<Vec<u8>> {
+        abi::header_value(MapType::HttpResponseTrailers, name)
     }
 
     fn now(&mut self) -> u64 {
@@ -60,9 +62,17 @@ impl Host for WasmHost {
         abi::set_shared_data(key, value, cas).map_err(|_| HostError("cannot write shared data"))
     }
 
-    fn send_local_reply(&mut self, status: u32, headers: &HeaderMap, body: &[u8]) -> Result<(), HostError> {
-        abi::send_local_response(status, "meshguard_local_reply", headers.serialized(), body)
-            .map_err(|_| HostError("cannot send local reply"))
+    fn send_local_reply(&mut self, reply: &Reply) -> Result<(), HostError> {
+        // A gRPC status makes Envoy answer a gRPC request with a trailers-only gRPC response.
+        let grpc_status = reply.grpc_status.and_then(|s| i32::try_from(s).ok()).unwrap_or(-1);
+        abi::send_local_response(
+            reply.status,
+            "meshguard_local_reply",
+            reply.headers.serialized(),
+            &reply.body,
+            grpc_status,
+        )
+        .map_err(|_| HostError("cannot send local reply"))
     }
 
     fn request_body(&mut self, max: usize) -> Option<Vec<u8>> {
@@ -72,8 +82,7 @@ impl Host for WasmHost {
     fn drop_request_body(&mut self, size: usize) -> Result<(), HostError> {
         // Replaces bytes [0, size) of the chunk with nothing; `size` is the chunk's length, as
         // Envoy drains exactly that many.
-        hostcalls::set_buffer(BufferType::HttpRequestBody, 0, size, &[])
-            .map_err(|_| HostError("cannot drop request body"))
+        abi::set_request_body(0, size, &[]).map_err(|_| HostError("cannot drop request body"))
     }
 
     fn set_gauge(&mut self, metric: MetricId, value: u64) {
@@ -81,11 +90,11 @@ impl Host for WasmHost {
     }
 
     fn increment(&mut self, metric: MetricId, by: i64) {
-        let _ = hostcalls::increment_metric(metric, by);
+        abi::increment_metric(metric, by);
     }
 
     fn metric(&mut self, metric: MetricId) -> Option<u64> {
-        hostcalls::get_metric(metric).ok()
+        abi::metric(metric)
     }
 
     fn log(&mut self, level: LogLevel, message: &str) {

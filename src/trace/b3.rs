@@ -15,10 +15,15 @@ pub struct B3 {
     pub sampled: Option<bool>,
 }
 
+/// Any B3 header (single `b3` or `x-b3-*`) is present.
+pub fn present(headers: &HeaderMap) -> bool {
+    headers.iter().any(|(name, _)| name == b"b3" || name.starts_with(b"x-b3-"))
+}
+
 impl B3 {
     pub fn read(headers: &HeaderMap) -> B3 {
         // Most requests carry no B3 at all: one pass over the names instead of five lookups.
-        if !headers.iter().any(|(name, _)| name == b"b3" || name.starts_with(b"x-b3-")) {
+        if !present(headers) {
             return B3::default();
         }
         if let Some(single) = headers.get("b3").and_then(single) {

@@ -12,6 +12,7 @@
 //! see [`from_upstream_headers`] for how the ids are read back for the log line.
 
 pub mod b3;
+pub mod stage;
 pub mod traceparent;
 pub mod tracestate;
 
@@ -59,7 +60,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// `meshguard_trace_total{outcome}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum TraceOutcome {
     /// A valid `traceparent` was continued.
     Propagated,
     /// No `traceparent` (and no usable B3): a new trace.
@@ -70,15 +71,16 @@ pub enum Outcome {
     FromB3,
 }
 
-impl Outcome {
-    pub const ALL: [Outcome; 4] = [Outcome::Propagated, Outcome::Started, Outcome::RestartedInvalid, Outcome::FromB3];
+impl TraceOutcome {
+    pub const ALL: [TraceOutcome; 4] =
+        [TraceOutcome::Propagated, TraceOutcome::Started, TraceOutcome::RestartedInvalid, TraceOutcome::FromB3];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Propagated => "propagated",
-            Outcome::Started => "started",
-            Outcome::RestartedInvalid => "restarted_invalid",
-            Outcome::FromB3 => "from_b3",
+            TraceOutcome::Propagated => "propagated",
+            TraceOutcome::Started => "started",
+            TraceOutcome::RestartedInvalid => "restarted_invalid",
+            TraceOutcome::FromB3 => "from_b3",
         }
     }
 }
@@ -88,7 +90,7 @@ impl Outcome {
 pub struct Decision {
     /// The context the upstream receives.
     pub context: Context,
-    pub outcome: Outcome,
+    pub outcome: TraceOutcome,
     /// `Some(value)`: set `traceparent` (replacing every incoming line); `None`: leave it.
     pub traceparent: Option<String>,
     pub tracestate: Tracestate,
@@ -136,7 +138,7 @@ pub fn decide(headers: &HeaderMap, config: &Trace, entropy: &mut impl Entropy) -
             State::Combined(value) => Tracestate::Set(value),
         };
         let traceparent = rewrite.then(|| context.traceparent());
-        return Some(Decision { context, outcome: Outcome::Propagated, traceparent, tracestate });
+        return Some(Decision { context, outcome: TraceOutcome::Propagated, traceparent, tracestate });
     }
 
     let b3 = if config.b3 == B3Setting::Accept { B3::read(headers) } else { B3::default() };
@@ -147,7 +149,7 @@ pub fn decide(headers: &HeaderMap, config: &Trace, entropy: &mut impl Entropy) -
         let context = Context { trace_id, parent_id, flags: if sampled { SAMPLED } else { 0 } };
         return Some(Decision {
             context,
-            outcome: Outcome::FromB3,
+            outcome: TraceOutcome::FromB3,
             traceparent: Some(context.traceparent()),
             tracestate: dropped_state,
         });
@@ -155,7 +157,8 @@ pub fn decide(headers: &HeaderMap, config: &Trace, entropy: &mut impl Entropy) -
 
     let sampled = b3.sampled.unwrap_or_else(|| sample(config.sample_ratio, entropy));
     let context = Context { trace_id: trace_id(entropy), parent_id: span_id(entropy), flags: RANDOM | sampled as u8 };
-    let outcome = if matches!(incoming, Incoming::Missing) { Outcome::Started } else { Outcome::RestartedInvalid };
+    let outcome =
+        if matches!(incoming, Incoming::Missing) { TraceOutcome::Started } else { TraceOutcome::RestartedInvalid };
     Some(Decision { context, outcome, traceparent: Some(context.traceparent()), tracestate: dropped_state })
 }
 

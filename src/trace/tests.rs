@@ -62,7 +62,7 @@ fn valid_traceparents_are_continued() {
     ];
     for (name, value) in cases {
         for d in [hop(&[("traceparent", value)]), propagate(&[("traceparent", value)])] {
-            assert_eq!(d.outcome, Outcome::Propagated, "{name}");
+            assert_eq!(d.outcome, TraceOutcome::Propagated, "{name}");
             assert_eq!(d.context.trace_id_hex(), TRACE, "{name}");
             assert_valid_format(&sent(&d, Some(value)));
         }
@@ -114,7 +114,7 @@ fn invalid_traceparents_restart_the_trace() {
     ];
     for (name, value) in cases {
         for d in [hop(&[("traceparent", value)]), propagate(&[("traceparent", value)])] {
-            assert_eq!(d.outcome, Outcome::RestartedInvalid, "{name}");
+            assert_eq!(d.outcome, TraceOutcome::RestartedInvalid, "{name}");
             assert!(!value.contains(&d.context.trace_id_hex()), "{name}: kept {}", d.context.trace_id_hex());
             assert!(!d.context.trace_id_hex().contains("23456789012345678901234567890123"), "{name}");
             assert_valid_format(d.traceparent.as_deref().unwrap());
@@ -129,7 +129,7 @@ fn raw_non_utf8_traceparent_bytes_are_invalid() {
     value[10] = 0xe9;
     let map = HeaderMap::from_pairs(&[("traceparent", value)]);
     let d = decide(&map, &trace("{}"), &mut TestEntropy(1)).unwrap();
-    assert_eq!(d.outcome, Outcome::RestartedInvalid);
+    assert_eq!(d.outcome, TraceOutcome::RestartedInvalid);
 }
 
 #[test]
@@ -138,14 +138,14 @@ fn traceparent_duplicated_restarts_with_a_new_trace_id() {
         ("traceparent", "00-12345678901234567890123456789011-1234567890123456-01"),
         ("traceparent", "00-12345678901234567890123456789012-1234567890123456-01"),
     ]);
-    assert_eq!(d.outcome, Outcome::RestartedInvalid);
+    assert_eq!(d.outcome, TraceOutcome::RestartedInvalid);
     assert!(!d.context.trace_id_hex().starts_with("123456789012345678901234567890"));
 }
 
 #[test]
 fn missing_traceparent_starts_a_sampled_random_trace() {
     let d = propagate(&[]);
-    assert_eq!(d.outcome, Outcome::Started);
+    assert_eq!(d.outcome, TraceOutcome::Started);
     assert_eq!(d.context.flags, SAMPLED | RANDOM);
     assert_eq!(d.tracestate, Tracestate::Keep, "nothing to remove");
     assert_valid_format(d.traceparent.as_deref().unwrap());
@@ -155,7 +155,7 @@ fn missing_traceparent_starts_a_sampled_random_trace() {
 fn wrong_header_names_are_not_traceparent() {
     for name in ["trace-parent", "trace.parent", "traceparent2"] {
         let d = hop(&[(name, TP)]);
-        assert_eq!(d.outcome, Outcome::Started, "{name}");
+        assert_eq!(d.outcome, TraceOutcome::Started, "{name}");
         assert_ne!(d.context.trace_id_hex(), TRACE, "{name}");
     }
 }
@@ -248,7 +248,7 @@ fn state_after(lines: &[&str]) -> Option<String> {
     let mut headers = vec![("traceparent", TP)];
     headers.extend(lines.iter().map(|l| ("tracestate", *l)));
     let d = hop(&headers);
-    assert_eq!(d.outcome, Outcome::Propagated);
+    assert_eq!(d.outcome, TraceOutcome::Propagated);
     match d.tracestate {
         Tracestate::Keep => match lines {
             [] => None,
@@ -443,7 +443,7 @@ fn b3_headers_continue_the_trace_when_traceparent_is_absent_or_invalid() {
     ];
     for (name, headers, trace_id, sampled) in cases {
         let d = propagate(headers);
-        assert_eq!(d.outcome, Outcome::FromB3, "{name}");
+        assert_eq!(d.outcome, TraceOutcome::FromB3, "{name}");
         assert_eq!(d.context.trace_id_hex(), *trace_id, "{name}");
         assert_eq!(d.context.span_id_hex(), SPAN, "{name}: propagate keeps the B3 span as parent");
         assert_eq!(d.context.flags, *sampled, "{name}: random flag never set on B3 ids");
@@ -476,10 +476,10 @@ fn b3_invalid_or_ignored_starts_a_new_trace() {
         &[("x-b3-traceid", "463ac35c9f6413ad4848"), ("x-b3-spanid", "a2fb4a1d1a96d312")],
     ];
     for headers in invalid {
-        assert_eq!(propagate(headers).outcome, Outcome::Started, "{headers:?}");
+        assert_eq!(propagate(headers).outcome, TraceOutcome::Started, "{headers:?}");
     }
     let ignore = decide_with(r#"{"b3": "ignore"}"#, &[("b3", "463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312-1")]);
-    assert_eq!(ignore.outcome, Outcome::Started);
+    assert_eq!(ignore.outcome, TraceOutcome::Started);
 }
 
 #[test]
@@ -487,19 +487,19 @@ fn b3_sampling_only_decides_the_new_trace() {
     assert_eq!(propagate(&[("b3", "0")]).context.flags, RANDOM);
     assert_eq!(propagate(&[("b3", "d")]).context.flags, RANDOM | SAMPLED);
     let d = decide_with(r#"{"sample_ratio": 0}"#, &[("x-b3-sampled", "1")]);
-    assert_eq!((d.outcome, d.context.flags), (Outcome::Started, RANDOM | SAMPLED));
+    assert_eq!((d.outcome, d.context.flags), (TraceOutcome::Started, RANDOM | SAMPLED));
 }
 
 #[test]
 fn valid_traceparent_wins_over_b3() {
     let d = propagate(&[("traceparent", TP), ("b3", "463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312-1")]);
-    assert_eq!((d.outcome, d.context.trace_id_hex().as_str()), (Outcome::Propagated, TRACE));
+    assert_eq!((d.outcome, d.context.trace_id_hex().as_str()), (TraceOutcome::Propagated, TRACE));
 }
 
 #[test]
 fn ce_traceparent_is_not_traceparent() {
     let d = propagate(&[("ce-traceparent", TP)]);
-    assert_eq!(d.outcome, Outcome::Started);
+    assert_eq!(d.outcome, TraceOutcome::Started);
 }
 
 // ---- defer: ids read back from what Envoy's tracer wrote ----

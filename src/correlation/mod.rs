@@ -1,24 +1,27 @@
 //! Correlation-id rules (SPEC §4): keep a valid incoming id, otherwise make one. An invalid value
 //! is replaced and never logged raw, so a client cannot inject text into log lines.
 
+pub mod stage;
+
 use crate::config::{Correlation, Generator};
 use crate::ids::{self, Entropy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum CorrelationOutcome {
     Kept,
     Generated,
     ReplacedInvalid,
 }
 
-impl Outcome {
-    pub const ALL: [Outcome; 3] = [Outcome::Kept, Outcome::Generated, Outcome::ReplacedInvalid];
+impl CorrelationOutcome {
+    pub const ALL: [CorrelationOutcome; 3] =
+        [CorrelationOutcome::Kept, CorrelationOutcome::Generated, CorrelationOutcome::ReplacedInvalid];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Kept => "kept",
-            Outcome::Generated => "generated",
-            Outcome::ReplacedInvalid => "replaced_invalid",
+            CorrelationOutcome::Kept => "kept",
+            CorrelationOutcome::Generated => "generated",
+            CorrelationOutcome::ReplacedInvalid => "replaced_invalid",
         }
     }
 }
@@ -30,14 +33,14 @@ pub fn is_valid(value: &[u8], max_length: usize) -> bool {
 
 /// The decision for one request: `Ok(id)` keeps the incoming id; `Err(outcome)` says a new one is
 /// needed (see [`generate`]).
-pub fn check(incoming: Option<&[u8]>, config: &Correlation) -> Result<String, Outcome> {
+pub fn check(incoming: Option<&[u8]>, config: &Correlation) -> Result<String, CorrelationOutcome> {
     match incoming {
-        None => Err(Outcome::Generated),
+        None => Err(CorrelationOutcome::Generated),
         Some(value) if is_valid(value, config.max_length) => {
             // Visible ASCII is valid UTF-8.
             Ok(String::from_utf8_lossy(value).into_owned())
         }
-        Some(_) => Err(Outcome::ReplacedInvalid),
+        Some(_) => Err(CorrelationOutcome::ReplacedInvalid),
     }
 }
 
@@ -84,7 +87,7 @@ mod tests {
 
     #[test]
     fn missing_id_is_generated() {
-        assert_eq!(check(None, &Correlation::default()), Err(Outcome::Generated));
+        assert_eq!(check(None, &Correlation::default()), Err(CorrelationOutcome::Generated));
     }
 
     #[test]
@@ -93,7 +96,7 @@ mod tests {
         let cases: &[&[u8]] =
             &[b"", b"has space", b"tab\there", b"nl\nx", b"\xe9t\xe9", b"\x7f", b"123456789", b"\x00"];
         for value in cases {
-            assert_eq!(check(Some(value), &c), Err(Outcome::ReplacedInvalid), "{value:?}");
+            assert_eq!(check(Some(value), &c), Err(CorrelationOutcome::ReplacedInvalid), "{value:?}");
         }
     }
 

@@ -4,164 +4,13 @@
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use super::*;
-use crate::config;
+use crate::config::LogLevel;
 use crate::ids::TestEntropy;
 
-/// A fake proxy: headers, properties, filter state, metric values and log lines in memory.
-#[derive(Default)]
-struct FakeHost {
-    request: Vec<(String, Vec<u8>)>,
-    response: Vec<(String, Vec<u8>)>,
-    properties: Vec<(String, Vec<u8>)>,
-    state: Vec<(String, Vec<u8>)>,
-    counters: std::collections::HashMap<MetricId, i64>,
-    names: Vec<String>,
-    logs: Vec<(LogLevel, String)>,
-    fail_writes: bool,
-    property_reads: Vec<String>,
-    header_reads: usize,
-    clock: u64,
-    shared: std::collections::HashMap<String, (Vec<u8>, u32)>,
-    shared_sets: usize,
-    shared_gets: usize,
-    metric_reads: usize,
-    /// Stats rejected by Envoy's stats matcher: writes are ignored and every value reads 0.
-    null_stats: bool,
-    /// The next this many swaps fail as if another worker had written first.
-    cas_conflicts: usize,
-    local_replies: Vec<LocalReply>,
-    body: Vec<u8>,
-    /// Request body bytes dropped instead of forwarded.
-    dropped: usize,
-}
-
-/// Status, headers and body of a local reply.
-type LocalReply = (u32, Vec<(String, Vec<u8>)>, Vec<u8>);
-
-impl FakeHost {
-    fn with_request(headers: &[(&str, &[u8])]) -> FakeHost {
-        FakeHost { request: headers.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect(), ..FakeHost::default() }
-    }
-    fn get(list: &[(String, Vec<u8>)], name: &str) -> Option<Vec<u8>> {
-        list.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-    }
-    fn set(list: &mut Vec<(String, Vec<u8>)>, name: &str, value: &[u8]) {
-        list.retain(|(k, _)| k != name);
-        list.push((name.to_string(), value.to_vec()));
-    }
-    fn counter(&self, name: &str) -> i64 {
-        let id = self.names.iter().position(|n| n == name).unwrap_or_else(|| panic!("no metric {name}"));
-        self.counters.get(&(id as MetricId)).copied().unwrap_or(0)
-    }
-    fn state_str(&self, key: &str) -> Option<String> {
-        FakeHost::get(&self.state, key).map(|v| String::from_utf8(v).unwrap())
-    }
-}
-
-impl Host for FakeHost {
-    fn request_headers(&mut self) -> HeaderMap {
-        self.header_reads += 1;
-        HeaderMap::from_pairs(&self.request)
-    }
-    fn remove_request_header(&mut self, name: &str) -> Result<(), HostError> {
-        self.request.retain(|(k, _)| k != name);
-        Ok(())
-    }
-    fn add_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
-        self.response.push((name.to_string(), value.to_vec()));
-        Ok(())
-    }
-    fn set_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
-        if self.fail_writes {
-            return Err(HostError("cannot set request header"));
-        }
-        FakeHost::set(&mut self.request, name, value);
-        Ok(())
-    }
-    fn set_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
-        FakeHost::set(&mut self.response, name, value);
-        Ok(())
-    }
-    fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
-        let key = path.join(".");
-        self.property_reads.push(key.clone());
-        FakeHost::get(&self.properties, &key)
-    }
-    fn set_filter_state(&mut self, key: &str, value: &[u8]) -> Result<(), HostError> {
-        FakeHost::set(&mut self.state, key, value);
-        Ok(())
-    }
-    fn increment(&mut self, metric: MetricId, by: i64) {
-        if !self.null_stats {
-            *self.counters.entry(metric).or_default() += by;
-        }
-    }
-    fn set_gauge(&mut self, metric: MetricId, value: u64) {
-        if !self.null_stats {
-            self.counters.insert(metric, value as i64);
-        }
-    }
-    fn metric(&mut self, metric: MetricId) -> Option<u64> {
-        self.metric_reads += 1;
-        Some(self.counters.get(&metric).copied().unwrap_or(0) as u64)
-    }
-    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
-        FakeHost::get(&self.response, name)
-    }
-    fn now(&mut self) -> u64 {
-        self.clock
-    }
-    fn shared_get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
-        self.shared_gets += 1;
-        Ok(self.shared.get(key).cloned())
-    }
-    fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, HostError> {
-        self.shared_sets += 1;
-        let current = self.shared.get(key).map(|(_, c)| *c);
-        if cas != 0 && current.is_some_and(|c| c != cas) || self.cas_conflicts > 0 {
-            self.cas_conflicts = self.cas_conflicts.saturating_sub(1);
-            return Ok(false);
-        }
-        let next = current.unwrap_or(0) + 1;
-        self.shared.insert(key.to_string(), (value.to_vec(), next));
-        Ok(true)
-    }
-    fn request_body(&mut self, max: usize) -> Option<Vec<u8>> {
-        Some(self.body.iter().take(max).copied().collect())
-    }
-    fn drop_request_body(&mut self, size: usize) -> Result<(), HostError> {
-        if self.fail_writes {
-            return Err(HostError("cannot drop request body"));
-        }
-        self.dropped += size.min(self.body.len());
-        self.body.clear();
-        Ok(())
-    }
-    fn send_local_reply(&mut self, status: u32, headers: &HeaderMap, body: &[u8]) -> Result<(), HostError> {
-        self.local_replies.push((
-            status,
-            headers.iter().map(|(k, v)| (String::from_utf8(k.to_vec()).unwrap(), v.to_vec())).collect(),
-            body.to_vec(),
-        ));
-        Ok(())
-    }
-    fn log(&mut self, level: LogLevel, message: &str) {
-        self.logs.push((level, message.to_string()));
-    }
-}
+use crate::testing::FakeHost;
 
 fn plugin(json: &str, host: &mut FakeHost) -> Plugin {
-    let config = config::parse(json.as_bytes()).unwrap();
-    // Envoy's stats are process-wide by name: a second plugin (another worker's VM, or a reload)
-    // defining the same name gets the same stat.
-    let metrics = Metrics::define(&config, |_, name| {
-        if let Some(id) = host.names.iter().position(|n| n == name) {
-            return Some(id as MetricId);
-        }
-        host.names.push(name.to_string());
-        Some(host.names.len() as MetricId - 1)
-    });
-    Plugin::new(config, metrics, "test")
+    crate::testing::plugin(json, host, "test")
 }
 
 fn run(json: &str, request: &[(&str, &[u8])]) -> (FakeHost, Stream) {
@@ -169,7 +18,7 @@ fn run(json: &str, request: &[(&str, &[u8])]) -> (FakeHost, Stream) {
     let plugin = plugin(json, &mut host);
     let mut stream = Stream::default();
     stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(42));
-    stream.on_response_headers(&plugin, &mut host);
+    stream.on_response_headers(&plugin, &mut host, true);
     stream.on_log(&plugin, &mut host);
     (host, stream)
 }
@@ -179,7 +28,7 @@ fn metrics_are_defined_once_per_rule_and_outcome() {
     let mut host = FakeHost::default();
     plugin(r#"{"routes": [{"name": "payments"}, {"name": "orders"}]}"#, &mut host);
     assert_eq!(
-        host.names,
+        host.proxy().stats.names,
         vec![
             "rule=.=payments;.;meshguard_requests_total",
             "rule=.=orders;.;meshguard_requests_total",
@@ -199,8 +48,8 @@ fn metrics_are_defined_once_per_rule_and_outcome() {
 #[test]
 fn valid_correlation_id_is_kept_and_echoed() {
     let (host, _) = run("{}", &[("x-correlation-id", b"order-42")]);
-    assert_eq!(FakeHost::get(&host.request, "x-correlation-id").unwrap(), b"order-42");
-    assert_eq!(FakeHost::get(&host.response, "x-correlation-id").unwrap(), b"order-42");
+    assert_eq!(host.request_header("x-correlation-id").unwrap(), b"order-42");
+    assert_eq!(host.response_header_value("x-correlation-id").unwrap(), b"order-42");
     assert_eq!(host.state_str(state::CORRELATION_ID).as_deref(), Some("order-42"));
     assert_eq!(host.counter("outcome=.=kept;.;meshguard_correlation_total"), 1);
     assert_eq!(host.counter("rule=.=default;.;meshguard_requests_total"), 1);
@@ -209,9 +58,9 @@ fn valid_correlation_id_is_kept_and_echoed() {
 #[test]
 fn missing_correlation_id_is_generated_upstream_and_downstream() {
     let (host, _) = run("{}", &[]);
-    let id = FakeHost::get(&host.request, "x-correlation-id").unwrap();
+    let id = host.request_header("x-correlation-id").unwrap();
     assert_eq!(id.len(), 36);
-    assert_eq!(FakeHost::get(&host.response, "x-correlation-id").unwrap(), id);
+    assert_eq!(host.response_header_value("x-correlation-id").unwrap(), id);
     assert_eq!(host.counter("outcome=.=generated;.;meshguard_correlation_total"), 1);
 }
 
@@ -219,26 +68,26 @@ fn missing_correlation_id_is_generated_upstream_and_downstream() {
 fn invalid_correlation_id_is_replaced_and_never_logged() {
     let json = r#"{"log": {"requests": true}}"#;
     let (host, _) = run(json, &[("x-correlation-id", b"evil\xe9\"} injected")]);
-    let id = FakeHost::get(&host.request, "x-correlation-id").unwrap();
+    let id = host.request_header("x-correlation-id").unwrap();
     assert_eq!(id.len(), 36);
     assert_eq!(host.counter("outcome=.=replaced_invalid;.;meshguard_correlation_total"), 1);
-    assert!(host.logs.iter().all(|(_, line)| !line.contains("evil") && !line.contains("injected")));
+    assert!(host.logs().iter().all(|(_, line)| !line.contains("evil") && !line.contains("injected")));
 }
 
 #[test]
 fn echo_can_be_turned_off() {
     let (host, _) = run(r#"{"correlation": {"echo_downstream": false}}"#, &[]);
-    assert!(FakeHost::get(&host.request, "x-correlation-id").is_some());
-    assert!(FakeHost::get(&host.response, "x-correlation-id").is_none());
+    assert!(host.request_header("x-correlation-id").is_some());
+    assert!(host.response_header_value("x-correlation-id").is_none());
 }
 
 #[test]
 fn custom_header_and_request_id_generator() {
     let json = r#"{"correlation": {"header": "x-trace-ref", "generator": "request_id"}}"#;
     let (host, _) = run(json, &[("x-request-id", b"rid-1")]);
-    assert_eq!(FakeHost::get(&host.request, "x-trace-ref").unwrap(), b"rid-1");
-    assert_eq!(FakeHost::get(&host.response, "x-trace-ref").unwrap(), b"rid-1");
-    assert!(FakeHost::get(&host.request, "x-correlation-id").is_none());
+    assert_eq!(host.request_header("x-trace-ref").unwrap(), b"rid-1");
+    assert_eq!(host.response_header_value("x-trace-ref").unwrap(), b"rid-1");
+    assert!(host.request_header("x-correlation-id").is_none());
 }
 
 #[test]
@@ -246,6 +95,8 @@ fn rule_is_selected_counted_and_stored() {
     let json = r#"{"routes": [{"name": "health", "match": {"prefix": "/healthz"}}, {"name": "pay", "match": {"route_name": "pay-v1"}}]}"#;
     let (host, _) = run(json, &[(":path", b"/healthz/ready")]);
     assert_eq!(host.state_str(state::RULE).as_deref(), Some("health"));
+    let (default, _) = run(json, &[(":path", b"/other")]);
+    assert_eq!(default.state_str(state::RULE), None, "the default rule is not written");
     assert_eq!(host.counter("rule=.=health;.;meshguard_requests_total"), 1);
     assert_eq!(host.counter("rule=.=default;.;meshguard_requests_total"), 0);
     assert!(host.property_reads.is_empty(), "route name read although the prefix decided: {:?}", host.property_reads);
@@ -261,7 +112,7 @@ fn rule_is_selected_counted_and_stored() {
 fn no_property_is_read_when_no_rule_needs_one_and_logging_is_off() {
     let (host, _) = run(r#"{"routes": [{"name": "h", "match": {"prefix": "/h"}}]}"#, &[(":path", b"/")]);
     assert!(host.property_reads.is_empty(), "{:?}", host.property_reads);
-    assert!(host.logs.is_empty());
+    assert!(host.logs().is_empty());
 }
 
 #[test]
@@ -281,8 +132,8 @@ fn request_log_line_has_the_request_and_response_facts() {
     let mut stream = Stream::default();
     stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
     stream.on_log(&plugin, &mut host);
-    assert_eq!(host.logs.len(), 1);
-    let (level, line) = &host.logs[0];
+    assert_eq!(host.logs().len(), 1);
+    let (level, line) = &host.logs()[0];
     assert_eq!(*level, LogLevel::Warn);
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(v["correlation_id"], "c-7");
@@ -305,11 +156,11 @@ fn failing_host_write_fails_open_counted_and_logged_once() {
     let mut stream = Stream::default();
     stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
     assert_eq!(host.counter("meshguard_errors_total"), 1);
-    assert_eq!(host.logs.len(), 1);
-    assert!(host.logs[0].1.starts_with("meshguard: internal error: cannot set request header (correlation_id="));
+    assert_eq!(host.logs().len(), 1);
+    assert!(host.logs()[0].1.starts_with("meshguard: internal error: cannot set request header (correlation_id="));
     // The stream goes on: the id still reaches filter state and the response.
-    stream.on_response_headers(&plugin, &mut host);
-    assert!(FakeHost::get(&host.response, "x-correlation-id").is_some());
+    stream.on_response_headers(&plugin, &mut host, true);
+    assert!(host.response_header_value("x-correlation-id").is_some());
 }
 
 const TP: &[u8] = b"00-12345678901234567890123456789012-1234567890123456-01";
@@ -321,12 +172,14 @@ fn all(list: &[(String, Vec<u8>)], name: &str) -> Vec<String> {
 #[test]
 fn request_headers_are_read_once_per_request() {
     let mut host = FakeHost::with_request(&[(":path", b"/h")]);
-    let plugin = plugin(r#"{"routes": [{"name": "h", "match": {"prefix": "/h", "methods": ["GET"]}}]}"#, &mut host);
+    let json =
+        r#"{"trace": {"mode": "propagate"}, "routes": [{"name": "h", "match": {"prefix": "/h", "methods": ["GET"]}}]}"#;
+    let plugin = plugin(json, &mut host);
     let mut reads = Vec::new();
     for _ in 0..3 {
         let mut stream = Stream::default();
         stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
-        stream.on_response_headers(&plugin, &mut host);
+        stream.on_response_headers(&plugin, &mut host, true);
         stream.on_log(&plugin, &mut host);
         reads.push(host.header_reads);
     }
@@ -384,7 +237,7 @@ fn duplicated_traceparent_lines_become_one_new_trace() {
 #[test]
 fn trace_id_generator_uses_the_trace_id_upstream_received() {
     let (host, _) = run(r#"{"correlation": {"generator": "trace_id"}}"#, &[("traceparent", TP)]);
-    assert_eq!(FakeHost::get(&host.request, "x-correlation-id").unwrap(), b"12345678901234567890123456789012");
+    assert_eq!(host.request_header("x-correlation-id").unwrap(), b"12345678901234567890123456789012");
     let (host, _) = run(r#"{"correlation": {"generator": "trace_id"}}"#, &[]);
     let trace_id = host.state_str(state::TRACE_ID).unwrap();
     assert_eq!(host.state_str(state::CORRELATION_ID).unwrap(), trace_id);
@@ -401,7 +254,7 @@ fn traceresponse_header_and_server_timing_forms() {
     let plugin = plugin(r#"{"trace": {"traceresponse": "server-timing"}}"#, &mut host);
     let mut stream = Stream::default();
     stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
-    stream.on_response_headers(&plugin, &mut host);
+    stream.on_response_headers(&plugin, &mut host, true);
     assert_eq!(
         all(&host.response, "server-timing"),
         vec!["db;dur=53".to_string(), format!("trace;desc=\"{}\"", String::from_utf8(TP.to_vec()).unwrap())]
@@ -434,7 +287,7 @@ fn defer_leaves_headers_to_envoy_and_logs_what_the_upstream_received() {
     // Envoy's router writes its tracer's context into the upstream request.
     host.request.push(("traceparent".into(), b"00-abcdefabcdefabcdefabcdefabcdefab-0123456789abcdef-01".to_vec()));
     stream.on_log(&plugin, &mut host);
-    let v: serde_json::Value = serde_json::from_str(&host.logs[0].1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&host.logs()[0].1).unwrap();
     assert_eq!(v["trace_id"], "abcdefabcdefabcdefabcdefabcdefab");
     assert_eq!(v["span_id"], "0123456789abcdef");
 }
@@ -442,7 +295,7 @@ fn defer_leaves_headers_to_envoy_and_logs_what_the_upstream_received() {
 #[test]
 fn log_line_carries_the_trace_ids() {
     let (host, _) = run(r#"{"log": {"requests": true}}"#, &[("traceparent", TP)]);
-    let v: serde_json::Value = serde_json::from_str(&host.logs[0].1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&host.logs()[0].1).unwrap();
     assert_eq!(v["trace_id"], "12345678901234567890123456789012");
     assert_eq!(v["span_id"], "1234567890123456");
 }
@@ -450,21 +303,79 @@ fn log_line_carries_the_trace_ids() {
 #[test]
 fn a_tracer_rewriting_trace_headers_is_reported_once_per_worker() {
     let mut host = FakeHost::with_request(&[("traceparent", TP)]);
-    let plugin = plugin("{}", &mut host);
+    let plugin = plugin(r#"{"trace": {"mode": "propagate"}}"#, &mut host);
     for _ in 0..3 {
         let mut stream = Stream::default();
         stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
         // What Envoy's OpenTelemetry tracer does at the router.
-        FakeHost::set(&mut host.request, "traceparent", b"00-12345678901234567890123456789012-aaaaaaaaaaaaaaaa-01");
+        host.rewrite_request_header("traceparent", b"00-12345678901234567890123456789012-aaaaaaaaaaaaaaaa-01");
         stream.on_log(&plugin, &mut host);
     }
-    let warnings: Vec<_> = host.logs.iter().filter(|(l, _)| *l == LogLevel::Warn).collect();
+    let logs = host.logs();
+    let warnings: Vec<_> = logs.iter().filter(|(l, _)| *l == LogLevel::Warn).collect();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].1.contains("defer"));
 
     // Untouched headers: nothing to say.
-    let (host, _) = run("{}", &[("traceparent", TP)]);
-    assert!(host.logs.is_empty(), "{:?}", host.logs);
+    let (host, _) = run(r#"{"trace": {"mode": "propagate"}}"#, &[("traceparent", TP)]);
+    assert!(host.logs().is_empty(), "{:?}", host.logs());
+}
+
+const ENVOYS: &[u8] = b"00-12345678901234567890123456789012-aaaaaaaaaaaaaaaa-01";
+
+/// `auto` (the default): the first traced response shows Envoy's tracer at work; that request's
+/// filter state gets the ids the upstream received, and the worker leaves trace headers to Envoy.
+#[test]
+fn auto_mode_follows_an_envoy_tracer_from_the_first_response() {
+    let mut host = FakeHost::with_request(&[]);
+    let plugin = plugin(r#"{"log": {"requests": true}}"#, &mut host);
+    let mut stream = Stream::default();
+    stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
+    assert_ne!(host.request_header("traceparent").as_deref(), Some(ENVOYS), "meshguard wrote its own");
+    host.rewrite_request_header("traceparent", ENVOYS);
+    stream.on_response_headers(&plugin, &mut host, true);
+    // Envoy writes the access log after the filter's log callback, which corrects the ids.
+    stream.on_log(&plugin, &mut host);
+    assert_eq!(host.state_str(state::TRACE_ID).as_deref(), Some("12345678901234567890123456789012"));
+    assert_eq!(host.state_str(state::SPAN_ID).as_deref(), Some("aaaaaaaaaaaaaaaa"));
+    let logs = host.logs();
+    let line: serde_json::Value = serde_json::from_str(&logs.last().unwrap().1).unwrap();
+    assert_eq!(line["trace_id"], "12345678901234567890123456789012", "the log line names the upstream's trace");
+    assert!(logs.iter().any(|(l, m)| *l == LogLevel::Info && m.contains("follows it")));
+    assert!(logs.iter().all(|(l, _)| *l != LogLevel::Warn), "{logs:?}");
+
+    // The next request: no trace header written, none in the filter state, one header read.
+    let mut host = host.next_stream();
+    let mut stream = Stream::default();
+    stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(2));
+    assert_eq!(host.request_header("traceparent"), None);
+    assert_eq!(host.state_str(state::TRACE_ID), None);
+    host.rewrite_request_header("traceparent", ENVOYS);
+    stream.on_response_headers(&plugin, &mut host, true);
+    stream.on_log(&plugin, &mut host);
+    let line: serde_json::Value = serde_json::from_str(&host.logs().last().unwrap().1).unwrap();
+    assert_eq!(line["trace_id"], "12345678901234567890123456789012");
+    assert_eq!(host.header_reads, 2, "request headers, and the log line's read: no more checks");
+}
+
+/// `auto` without a tracer: meshguard writes the trace headers, checks a few responses, then
+/// stops reading the request headers back.
+#[test]
+fn auto_mode_without_a_tracer_propagates_and_stops_checking() {
+    let mut host = FakeHost::with_request(&[("traceparent", TP)]);
+    let plugin = plugin("{}", &mut host);
+    let mut reads = Vec::new();
+    for _ in 0..10 {
+        let mut stream = Stream::default();
+        stream.on_request_headers(&plugin, &mut host, &mut TestEntropy(1));
+        assert_eq!(host.request_header("traceparent").as_deref(), Some(TP));
+        stream.on_response_headers(&plugin, &mut host, true);
+        stream.on_log(&plugin, &mut host);
+        reads.push(host.header_reads);
+        host.header_reads = 0;
+    }
+    assert_eq!(reads, vec![2, 2, 2, 2, 2, 2, 2, 2, 1, 1]);
+    assert!(host.logs().is_empty(), "{:?}", host.logs());
 }
 
 // ---- circuit breaker ----
@@ -477,18 +388,18 @@ fn call(plugin: &Plugin, host: &mut FakeHost, status: &str, took_ns: u64) -> Ver
     host.response.clear();
     host.local_replies.clear();
     let mut stream = Stream::default();
-    let verdict = stream.on_request_headers(plugin, host, &mut TestEntropy(host.clock | 1));
-    host.clock += took_ns;
+    let verdict = stream.on_request_headers(plugin, host, &mut TestEntropy(host.clock() | 1));
+    host.advance(took_ns);
     if verdict == Verdict::Continue {
         host.response.push((":status".into(), status.as_bytes().to_vec()));
     }
-    stream.on_response_headers(plugin, host);
+    stream.on_response_headers(plugin, host, true);
     stream.on_log(plugin, host);
     verdict
 }
 
 fn breaker_plugin(json: &str, host: &mut FakeHost) -> Plugin {
-    host.clock = 1_700_000_000 * SECOND;
+    host.set_clock(1_700_000_000 * SECOND);
     let p = plugin(json, host);
     p.init_shared(host).unwrap();
     p
@@ -506,8 +417,8 @@ fn circuit_opens_rejects_locally_then_probes_and_closes() {
     assert_eq!(host.counter("rule=.=pay;.;to=.=open;.;meshguard_circuit_transitions_total"), 1);
     assert_eq!(host.counter("rule=.=pay;.;meshguard_circuit_failures_total"), 2);
     assert_eq!(host.counter("rule=.=pay;.;meshguard_circuit_state"), 2);
-    let opened: Vec<_> =
-        host.logs.iter().filter(|(_, l)| l.starts_with("meshguard: circuit pay closed -> open")).collect();
+    let logs = host.logs();
+    let opened: Vec<_> = logs.iter().filter(|(_, l)| l.starts_with("meshguard: circuit pay closed -> open")).collect();
     assert_eq!(opened.len(), 1);
     assert_eq!(
         opened[0].1,
@@ -515,9 +426,9 @@ fn circuit_opens_rejects_locally_then_probes_and_closes() {
     );
 
     // Open: a local reply, no upstream.
-    host.clock += 3 * SECOND;
+    host.advance(3 * SECOND);
     assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Stop);
-    let (status, headers, body) = host.local_replies[0].clone();
+    let crate::testing::LocalReply { status, headers, body, .. } = host.local_replies[0].clone();
     assert_eq!(status, 503);
     let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| String::from_utf8(v.clone()).unwrap());
     assert_eq!(header("retry-after").as_deref(), Some("7"));
@@ -535,7 +446,7 @@ fn circuit_opens_rejects_locally_then_probes_and_closes() {
     assert_eq!(host.counter("rule=.=pay;.;meshguard_circuit_failures_total"), 2, "a local reply is no outcome");
 
     // After open_duration: two probes, both succeed, the circuit closes.
-    host.clock += 7 * SECOND;
+    host.advance(7 * SECOND);
     assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Continue);
     assert_eq!(host.state_str(state::CIRCUIT).as_deref(), Some("half_open"));
     assert_eq!(host.counter("rule=.=pay;.;meshguard_circuit_state"), 1);
@@ -549,9 +460,9 @@ fn rules_without_a_breaker_touch_no_shared_data() {
     let json = r#"{"routes": [{"name": "pay", "match": {"prefix": "/pay"}, "circuit_breaker": {}}]}"#;
     let mut host = FakeHost::with_request(&[(":path", b"/other")]);
     let plugin = breaker_plugin(json, &mut host);
-    let sets = host.shared_sets;
+    let sets = host.shared_sets();
     call(&plugin, &mut host, "503", 0);
-    assert_eq!(host.shared_sets, sets);
+    assert_eq!(host.shared_sets(), sets);
     assert!(host.state_str(state::CIRCUIT).is_none());
 }
 
@@ -559,15 +470,15 @@ fn rules_without_a_breaker_touch_no_shared_data() {
 fn closed_success_path_swaps_once_per_response_and_not_when_the_window_is_all_successes() {
     let mut host = FakeHost::with_request(&[]);
     let plugin = breaker_plugin(r#"{"circuit_breaker": {"window": {"type": "count", "size": 5}}}"#, &mut host);
-    let sets = host.shared_sets;
+    let sets = host.shared_sets();
     call(&plugin, &mut host, "200", 0);
-    assert_eq!(host.shared_sets - sets, 1, "no write on the request path");
+    assert_eq!(host.shared_sets() - sets, 1, "no write on the request path");
     for _ in 0..4 {
         call(&plugin, &mut host, "200", 0);
     }
-    let sets = host.shared_sets;
+    let sets = host.shared_sets();
     call(&plugin, &mut host, "200", 0);
-    assert_eq!(host.shared_sets, sets, "a full window of successes stays as it is");
+    assert_eq!(host.shared_sets(), sets, "a full window of successes stays as it is");
 }
 
 #[test]
@@ -598,7 +509,7 @@ fn a_reset_before_response_headers_is_a_failure() {
 fn cas_conflicts_are_retried_and_bounded() {
     let mut host = FakeHost::with_request(&[]);
     let plugin = breaker_plugin(r#"{"circuit_breaker": {"consecutive_failures": 1}}"#, &mut host);
-    host.cas_conflicts = 3;
+    host.proxy().shared.conflicts = 3;
     call(&plugin, &mut host, "500", 0);
     assert_eq!(
         host.counter("rule=.=default;.;to=.=open;.;meshguard_circuit_transitions_total"),
@@ -609,10 +520,10 @@ fn cas_conflicts_are_retried_and_bounded() {
 
     let mut host = FakeHost::with_request(&[]);
     let plugin = breaker_plugin(r#"{"circuit_breaker": {"consecutive_failures": 1}}"#, &mut host);
-    host.cas_conflicts = usize::MAX;
+    host.proxy().shared.conflicts = usize::MAX;
     assert_eq!(call(&plugin, &mut host, "500", 0), Verdict::Continue);
     assert_eq!(host.counter("meshguard_errors_total"), 1, "gave up, failed open, counted");
-    assert!(host.logs.iter().any(|(_, l)| l.contains("compare-and-swap attempts exhausted")));
+    assert!(host.logs().iter().any(|(_, l)| l.contains("compare-and-swap attempts exhausted")));
 }
 
 #[test]
@@ -632,7 +543,7 @@ fn forced_open_rejects_with_the_configured_status() {
     let mut host = FakeHost::with_request(&[]);
     let plugin = breaker_plugin(r#"{"circuit_breaker": {"mode": "forced_open", "open_status": 429}}"#, &mut host);
     assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Stop);
-    assert_eq!(host.local_replies[0].0, 429);
+    assert_eq!(host.local_replies[0].status, 429);
 }
 
 #[test]
@@ -664,12 +575,12 @@ fn a_quiet_closed_circuit_is_decided_without_shared_data_reads() {
     for _ in 0..4 {
         call(&plugin, &mut host, "200", 0);
     }
-    let (gets, sets) = (host.shared_gets, host.shared_sets);
+    let (gets, sets) = (host.shared_gets(), host.shared_sets());
     for _ in 0..10 {
         assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Continue);
         assert_eq!(host.state_str(state::CIRCUIT).as_deref(), Some("closed"));
     }
-    assert_eq!((host.shared_gets, host.shared_sets), (gets, sets), "the copy answered");
+    assert_eq!((host.shared_gets(), host.shared_sets()), (gets, sets), "the copy answered");
 }
 
 /// Two workers (two VMs: two plugins) over one shared store and one set of Envoy counters, on a
@@ -682,9 +593,9 @@ fn two_workers_on_a_quiet_circuit(host: &mut FakeHost) -> (Plugin, Plugin, usize
     for _ in 0..5 {
         call(&a, host, "200", 0);
     }
-    let gets = host.shared_gets;
+    let gets = host.shared_gets();
     call(&a, host, "200", 0);
-    (a, b, host.shared_gets - gets)
+    (a, b, host.shared_gets() - gets)
 }
 
 #[test]
@@ -713,7 +624,7 @@ fn a_success_after_another_workers_failure_is_recorded_not_skipped() {
     assert_eq!(pending.on_request_headers(&a, &mut host, &mut TestEntropy(7)), Verdict::Continue);
     call(&b, &mut host, "500", 0); // [f s s]
     host.response = vec![(":status".into(), b"200".to_vec())];
-    pending.on_response_headers(&a, &mut host); // replaces the oldest success, not skipped
+    pending.on_response_headers(&a, &mut host, true); // replaces the oldest success, not skipped
     call(&a, &mut host, "200", 0); // the next write replaces the failure
     call(&b, &mut host, "500", 0); // [f s s]: 1 of 3, still closed
     assert_eq!(host.counter("rule=.=default;.;to=.=open;.;meshguard_circuit_transitions_total"), 0);
@@ -728,15 +639,15 @@ fn an_open_circuit_rejects_from_the_copy_until_its_time_is_up() {
     let plugin = breaker_plugin(json, &mut host);
     call(&plugin, &mut host, "500", 0);
     assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Stop);
-    let gets = host.shared_gets;
-    host.clock += 5 * SECOND;
+    let gets = host.shared_gets();
+    host.advance(5 * SECOND);
     assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Stop);
-    let retry = FakeHost::get(&host.local_replies[0].1, "retry-after");
+    let retry = host.local_replies[0].header("retry-after").map(<[u8]>::to_vec);
     assert_eq!(retry.as_deref(), Some(&b"5"[..]));
-    assert_eq!(host.shared_gets, gets, "rejected from the copy");
-    host.clock += 5 * SECOND;
+    assert_eq!(host.shared_gets(), gets, "rejected from the copy");
+    host.advance(5 * SECOND);
     assert_eq!(call(&plugin, &mut host, "200", 0), Verdict::Continue, "the first probe");
-    assert!(host.shared_gets > gets);
+    assert!(host.shared_gets() > gets);
     assert_eq!(host.counter("rule=.=default;.;to=.=half_open;.;meshguard_circuit_transitions_total"), 1);
 }
 
@@ -747,7 +658,7 @@ fn probes_in_half_open_always_read_the_shared_value() {
     let a = breaker_plugin(json, &mut host);
     let b = breaker_plugin(json, &mut host);
     call(&a, &mut host, "500", 0);
-    host.clock += SECOND;
+    host.advance(SECOND);
     // Two probes across both workers, then the third request (on either) is rejected.
     let mut stream_a = Stream::default();
     assert_eq!(stream_a.on_request_headers(&a, &mut host, &mut TestEntropy(1)), Verdict::Continue);
@@ -761,7 +672,8 @@ fn probes_in_half_open_always_read_the_shared_value() {
 fn with_stats_rejected_by_envoy_the_copy_never_answers_a_closed_circuit() {
     // Envoy's stats matcher can reject meshguard's stats (Istio without proxyStatsMatcher):
     // the epoch then reads 0 forever and could not reveal another worker's failures.
-    let mut host = FakeHost { null_stats: true, ..FakeHost::with_request(&[]) };
+    let mut host = FakeHost::with_request(&[]);
+    host.proxy().stats.rejected = true;
     let (a, b, reads) = two_workers_on_a_quiet_circuit(&mut host);
     assert!(reads > 0, "a quiet circuit is read from shared data when the epoch is dead");
     call(&b, &mut host, "500", 0);
@@ -778,7 +690,7 @@ fn deliver(plugin: &Plugin, host: &mut FakeHost, key: &[u8], chunks: &[&[u8]]) -
     host.dropped = 0;
     let mut stream = Stream::default();
     let mut verdicts =
-        vec![stream.on_request_headers_eos(plugin, host, &mut TestEntropy(host.clock | 1), chunks.is_empty())];
+        vec![stream.on_request_headers_eos(plugin, host, &mut TestEntropy(host.clock() | 1), chunks.is_empty())];
     for (i, chunk) in chunks.iter().enumerate() {
         host.body = chunk.to_vec();
         let verdict = stream.on_request_body(plugin, host, chunk.len(), i + 1 == chunks.len());
@@ -787,17 +699,17 @@ fn deliver(plugin: &Plugin, host: &mut FakeHost, key: &[u8], chunks: &[&[u8]]) -
             break;
         }
     }
-    host.clock += 1;
+    host.advance(1);
     if verdicts.last() != Some(&Verdict::Stop) {
         host.response.push((":status".into(), b"200".to_vec()));
-        stream.on_response_headers(plugin, host);
+        stream.on_response_headers(plugin, host, true);
     }
     stream.on_log(plugin, host);
     (verdicts, stream)
 }
 
 fn body_plugin(host: &mut FakeHost) -> Plugin {
-    host.clock = 1_700_000_000 * SECOND;
+    host.set_clock(1_700_000_000 * SECOND);
     let p = plugin(r#"{"dedup": {"fingerprint": "body"}}"#, host);
     p.init_shared(host).unwrap();
     p
@@ -821,15 +733,15 @@ fn body_chunks_stream_on_until_the_key_is_decided_and_never_wait_in_envoy() {
     assert!(verdicts[..15].iter().all(|v| *v == Verdict::Continue));
     assert_eq!(verdicts.last(), Some(&Verdict::Stop));
     assert_eq!(host.dropped, 5 * 7_000, "chunks 10 to 14 dropped (the 10th passed 64 KiB)");
-    assert_eq!((host.local_replies.len(), host.local_replies[0].0), (1, 200));
+    assert_eq!((host.local_replies.len(), host.local_replies[0].status), (1, 200));
     // Bytes past 64 KiB do not count; a change before them does.
     let mut other = body.clone();
     other[90_000] ^= 1;
     let (verdicts, _) = deliver(&plugin, &mut host, b"e-1", &[&other]);
-    assert_eq!((verdicts[1], host.local_replies[0].0), (Verdict::Stop, 200));
+    assert_eq!((verdicts[1], host.local_replies[0].status), (Verdict::Stop, 200));
     other[1_000] ^= 1;
     let (verdicts, _) = deliver(&plugin, &mut host, b"e-1", &[&other]);
-    assert_eq!((verdicts[1], host.local_replies[0].0), (Verdict::Stop, 422));
+    assert_eq!((verdicts[1], host.local_replies[0].status), (Verdict::Stop, 422));
 }
 
 #[test]
@@ -839,9 +751,9 @@ fn a_short_body_in_several_chunks_is_decided_at_its_end() {
     let (verdicts, _) = deliver(&plugin, &mut host, b"e-2", &[b"{\"a\":", b"1", b"}"]);
     assert_eq!(verdicts, vec![Verdict::Continue; 4]);
     let (verdicts, _) = deliver(&plugin, &mut host, b"e-2", &[b"{\"a\":1}"]);
-    assert_eq!((verdicts[1], host.local_replies[0].0), (Verdict::Stop, 200));
+    assert_eq!((verdicts[1], host.local_replies[0].status), (Verdict::Stop, 200));
     let (verdicts, _) = deliver(&plugin, &mut host, b"e-2", &[b"{\"a\":", b"2}"]);
-    assert_eq!((verdicts.len(), verdicts[2], host.local_replies[0].0), (3, Verdict::Stop, 422));
+    assert_eq!((verdicts.len(), verdicts[2], host.local_replies[0].status), (3, Verdict::Stop, 422));
 }
 
 #[test]
@@ -856,7 +768,7 @@ fn an_answer_before_the_body_decides_leaves_the_key_unclaimed() {
     assert_eq!(stream.on_request_body(&plugin, &mut host, 100, false), Verdict::Continue);
     // The upstream (or Envoy) answers first; the rest of the body only passes.
     host.response.push((":status".into(), b"401".to_vec()));
-    stream.on_response_headers(&plugin, &mut host);
+    stream.on_response_headers(&plugin, &mut host, true);
     host.body = vec![2; 70_000];
     assert_eq!(stream.on_request_body(&plugin, &mut host, 70_000, true), Verdict::Continue);
     stream.on_log(&plugin, &mut host);
@@ -888,7 +800,7 @@ fn a_content_length_body_is_decided_on_the_chunk_that_completes_it() {
             }
         }
         host.response = vec![(":status".into(), b"200".to_vec())];
-        stream.on_response_headers(&plugin, host);
+        stream.on_response_headers(&plugin, host, true);
         stream.on_log(&plugin, host);
         verdicts
     };
@@ -897,13 +809,13 @@ fn a_content_length_body_is_decided_on_the_chunk_that_completes_it() {
     // The last byte decides; it is dropped, and the answer waits for the end of the stream.
     host.dropped = 0;
     assert_eq!(send(&mut host, &[b"{\"a\":", b"1}"], "7"), vec![Continue, Continue, Continue, Stop]);
-    assert_eq!((host.local_replies[0].0, host.dropped), (200, 2));
+    assert_eq!((host.local_replies[0].status, host.dropped), (200, 2));
     assert_eq!(send(&mut host, &[b"{\"a\":1}"], "7"), vec![Continue, Continue, Stop]);
     assert_eq!(send(&mut host, &[b"{\"a\":2}"], "7"), vec![Continue, Continue, Stop]);
-    assert_eq!(host.local_replies[0].0, 422);
+    assert_eq!(host.local_replies[0].status, 422);
     // `content-length: 0` is an empty body, decided with the headers.
     let verdicts = send(&mut host, &[], "0");
-    assert_eq!((verdicts[0], host.local_replies[0].0), (Verdict::Stop, 422));
+    assert_eq!((verdicts[0], host.local_replies[0].status), (Verdict::Stop, 422));
 }
 
 #[test]
@@ -924,7 +836,7 @@ fn a_deferred_dedup_answer_goes_at_once_if_the_body_cannot_be_dropped_and_never_
     host.fail_writes = true;
     let mut stream = Stream::default();
     assert_eq!(start(&mut host, &mut stream), Verdict::Stop);
-    assert_eq!(host.local_replies[0].0, 200);
+    assert_eq!(host.local_replies[0].status, 200);
     assert_eq!(host.counter("meshguard_errors_total"), 1);
     host.fail_writes = false;
 
@@ -933,12 +845,15 @@ fn a_deferred_dedup_answer_goes_at_once_if_the_body_cannot_be_dropped_and_never_
     let mut stream = Stream::default();
     assert_eq!(start(&mut host, &mut stream), Verdict::Continue);
     host.response = vec![(":status".into(), b"408".to_vec())];
-    stream.on_response_headers(&plugin, &mut host);
+    stream.on_response_headers(&plugin, &mut host, true);
     host.body = vec![5; 10];
     assert_eq!(stream.on_request_body(&plugin, &mut host, 10, true), Verdict::Continue);
     stream.on_log(&plugin, &mut host);
     assert!(host.local_replies.is_empty());
     // The event is still complete in the store.
     let (verdicts, _) = deliver(&plugin, &mut host, b"e-5", &[&body]);
-    assert_eq!((verdicts, host.local_replies[0].0), (vec![Verdict::Continue, Verdict::Stop], 200));
+    assert_eq!((verdicts, host.local_replies[0].status), (vec![Verdict::Continue, Verdict::Stop], 200));
 }
+
+mod body_keys;
+mod outcomes;

@@ -8,53 +8,12 @@
 //! and swaps only when its decision changed the state (the open → half-open move, taking a probe
 //! slot); a response reads it and swaps when the outcome changed the window.
 
-use std::cell::Cell;
-
-use super::{increment, Host, HostError, MetricId, MetricKind};
-use crate::breaker::{Admission, Phase, Snapshot, State, Transition};
+use super::{Admission, CallOutcome, Phase, Snapshot, State, Transition};
 use crate::config::{Breaker, LogLevel};
-use crate::metrics;
-
-/// `meshguard_circuit_*{rule}` ids of one rule.
-#[derive(Clone, Debug, Default)]
-pub struct CircuitMetrics {
-    pub state: Option<MetricId>,
-    /// `meshguard_circuit_transitions_total{rule,to}`, indexed by [`Phase`] as `to`.
-    pub transitions: [Option<MetricId>; 3],
-    pub rejected: Option<MetricId>,
-    pub failures: Option<MetricId>,
-    pub slow: Option<MetricId>,
-    /// `meshguard_circuit_epoch{rule}`: moved after every swap that records a failure or slow
-    /// call; the workers' copies of the circuit are valid while it stands still.
-    pub epoch: Option<MetricId>,
-    /// The epoch gauge really counts: Envoy hands out a stat that ignores writes and reads 0
-    /// when its stats matcher rejects the name (Istio without `proxyStatsMatcher` for
-    /// meshguard), and a frozen epoch would make stale copies look current.
-    pub epoch_live: Cell<bool>,
-}
+use crate::filter::{cas_update, Effects, Host, HostError};
+use crate::metrics::CircuitMetrics;
 
 impl CircuitMetrics {
-    pub fn define(rule: &str, define: &mut impl FnMut(MetricKind, &str) -> Option<MetricId>) -> CircuitMetrics {
-        let r = [("rule", rule)];
-        let mut counter = |name: &str| define(MetricKind::Counter, &metrics::name(name, &r));
-        let rejected = counter(metrics::CIRCUIT_REJECTED_TOTAL);
-        let failures = counter(metrics::CIRCUIT_FAILURES_TOTAL);
-        let slow = counter(metrics::CIRCUIT_SLOW_TOTAL);
-        let transitions = Phase::ALL.map(|to| {
-            define(
-                MetricKind::Counter,
-                &metrics::name(metrics::CIRCUIT_TRANSITIONS_TOTAL, &[("rule", rule), ("to", to.as_str())]),
-            )
-        });
-        let state = define(MetricKind::Gauge, &metrics::name(metrics::CIRCUIT_STATE, &r));
-        let epoch = define(MetricKind::Gauge, &metrics::name(metrics::CIRCUIT_EPOCH, &r));
-        CircuitMetrics { state, transitions, rejected, failures, slow, epoch, epoch_live: Cell::new(false) }
-    }
-
-    fn transition(&self, to: Phase) -> Option<MetricId> {
-        self.transitions.get(to as usize).copied().flatten()
-    }
-
     /// The rule's epoch, process-wide (Envoy's stats are shared by all workers); `None` when it
     /// cannot be trusted, and then no worker answers a closed circuit from its copy.
     pub fn epoch(&self, host: &mut impl Host) -> Option<u64> {
@@ -66,7 +25,9 @@ impl CircuitMetrics {
 
     /// Moves the epoch after a swap that recorded a failure or a slow call.
     pub fn bump_epoch(&self, host: &mut impl Host) {
-        increment(host, self.epoch);
+        if let Some(id) = self.epoch {
+            host.increment(id, 1);
+        }
     }
 
     /// Checks, once per configuration and worker, that the epoch gauge counts: up by one and
@@ -114,11 +75,25 @@ pub fn record(
     key: &str,
     cfg: &Breaker,
     call: Admitted,
-    outcome: crate::breaker::Outcome,
+    outcome: CallOutcome,
     now: u64,
     epoch: Option<u64>,
 ) -> Result<Updated<()>, HostError> {
     update(host, key, cfg, epoch, |state| ((), state.record(cfg, call.generation, call.probe, outcome, now)))
+}
+
+/// Frees the half-open slot of a probe that ended neutral (`epoch` as for [`admit`]).
+pub fn free_probe(
+    host: &mut impl Host,
+    key: &str,
+    cfg: &Breaker,
+    generation: u32,
+    epoch: Option<u64>,
+) -> Result<Updated<()>, HostError> {
+    update(host, key, cfg, epoch, |state| {
+        state.free_probe(generation);
+        ((), None)
+    })
 }
 
 /// Creates the rule's value when it does not exist yet (`on_configure`), so that the first
@@ -154,23 +129,21 @@ fn update<R>(
     change: impl FnMut(&mut State) -> (R, Option<Transition>),
 ) -> Result<Updated<R>, HostError> {
     let ((decision, transition), state) =
-        super::cas_update(host, key, |b| State::decode(b, cfg), || State::new(cfg), State::encode, change)?;
+        cas_update(host, key, |b| State::decode(b, cfg), || State::new(cfg), State::encode, change)?;
     Ok(Updated { decision, transition, copy: Snapshot::new(state, epoch, cfg) })
 }
 
 /// Logs and counts a transition (the caller's swap made it, so it happens once per process).
-pub fn announce(host: &mut impl Host, m: &CircuitMetrics, rule: &str, t: &Transition, correlation_id: &str) {
-    host.log(
+pub fn announce(fx: &mut Effects, m: &CircuitMetrics, rule: &str, t: &Transition, correlation_id: &str) {
+    fx.log(
         LogLevel::Info,
-        &format!(
+        format!(
             "meshguard: circuit {rule} {} -> {} ({}) (correlation_id={correlation_id})",
             t.from.as_str(),
             t.to.as_str(),
             t.reason
         ),
     );
-    increment(host, m.transition(t.to));
-    if let Some(id) = m.state {
-        host.set_gauge(id, t.to as u64);
-    }
+    fx.count(m.transition(t.to));
+    fx.gauge(m.state, t.to as u64);
 }
