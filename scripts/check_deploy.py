@@ -6,12 +6,15 @@ the tools (promtool, buildah) first. Each check prints one line; any failure exi
 
 * every YAML/JSON file under istio/ and envoy/ parses;
 * every Istio resource validates against Istio's published CRD schemas
-  (../shared/istio/customresourcedefinitions.gen.yaml) with jsonschema, with the structural-schema
+  (vendored in scripts/deploy-tests/istio-crds/, origin and licence in its README) with jsonschema, with the structural-schema
   semantics of the Kubernetes API server in strict field validation (unknown fields rejected unless
   the schema preserves them) and the schemas' CEL rules (x-kubernetes-validations) evaluated with
   cel-python; Kubernetes built-in kinds validate with kubernetes-validate (strict);
 * deliberately broken copies of the shipped resources must FAIL that validation, each with the
   error expected (so the validator is proven to catch what it claims);
+* roll-out safety: FAIL_OPEN for fetched modules, EnvoyFilter priority (IST0151) and position
+  (the STATS phase), Telemetry selector (IST0160), no IstioOperator overlay, both sides starting
+  in metrics_only; broken copies must be flagged;
 * every meshguard configuration (WasmPlugin / TrafficExtension pluginConfig, EnvoyFilter JSON)
   passes `envoy --mode validate` with the real meshguard.wasm (which runs meshguard's
   on_configure), the EnvoyFilter's whole patched filter (failure_policy, reload_config) included,
@@ -21,7 +24,10 @@ the tools (promtool, buildah) first. Each check prints one line; any failure exi
   label names match the mesh and bootstrap tag settings;
 * the Dockerfile puts the module at /plugin.wasm in a one-layer scratch image, and buildah builds
   it into an OCI layout that is checked against Istio's "compat" Wasm image format;
-* envoy/docker-compose.yaml mounts existing bootstraps and the module, without port clashes.
+* envoy/docker-compose.yaml mounts existing bootstraps and the module, without port clashes;
+* `meshguard validate` installs with the one documented command (`cargo install --locked --path .
+  --features cli`), accepts every shipped Istio file and fails, naming file and JSON path, on a
+  broken copy.
 """
 
 import argparse
@@ -303,6 +309,87 @@ def check_broken_copies(crds):
 
 
 # ---------------------------------------------------------------------------------------------
+# Roll-out safety: what Istio's own analyzers and the failure-mode reasoning of docs/deploy.md ask
+
+
+RELATIVE_OPS = ("INSERT_BEFORE", "INSERT_AFTER", "REPLACE", "REMOVE")
+
+
+def rollout_errors(doc):
+    """Problems of one resource that `istioctl analyze` or docs/deploy.md would flag."""
+    kind, spec, errors = doc.get("kind"), doc.get("spec") or {}, []
+    if kind in ("WasmPlugin", "TrafficExtension"):
+        wasm = spec if kind == "WasmPlugin" else spec.get("wasm") or {}
+        url = wasm.get("url", "")
+        # A module Istio's agent cannot fetch becomes a deny-all filter unless FAIL_OPEN
+        # (istio/istio pkg/wasm/convert.go); file:// modules are not fetched.
+        if not url.startswith("file://") and wasm.get("failStrategy", "FAIL_CLOSE") != "FAIL_OPEN":
+            errors.append(f"failStrategy {wasm.get('failStrategy', 'FAIL_CLOSE (default)')} with {url}: "
+                          "a failed fetch answers every request with 403 (docs/deploy.md \"Failure strategy\")")
+    if kind == "EnvoyFilter":
+        for i, patch in enumerate(spec.get("configPatches", [])):
+            op = patch.get("patch", {}).get("operation")
+            # IST0151 (istio/istio pkg/config/analysis/analyzers/envoyfilter/envoyfilter.go).
+            if op in RELATIVE_OPS and not spec.get("priority"):
+                errors.append(f"configPatches[{i}]: IST0151 relative operation {op} without spec.priority")
+            value = patch.get("patch", {}).get("value", {})
+            if value.get("typed_config", {}).get("@type") == WASM_FILTER:
+                sub = patch.get("match", {}).get("listener", {}).get("filterChain", {}).get("filter", {}).get("subFilter", {})
+                if op != "INSERT_BEFORE" or sub.get("name") != "envoy.filters.http.grpc_stats":
+                    errors.append(f"configPatches[{i}]: not INSERT_BEFORE envoy.filters.http.grpc_stats, "
+                                  "the place of the STATS plugin phase")
+                policy = value["typed_config"].get("config", {}).get("failure_policy")
+                if policy != "FAIL_OPEN":
+                    errors.append(f"configPatches[{i}]: failure_policy {policy}, not FAIL_OPEN")
+    if kind == "Telemetry" and not (spec.get("selector") or {}).get("matchLabels") and not spec.get("targetRefs"):
+        # IST0160 when a namespace already has a selector-less Telemetry
+        # (pkg/config/analysis/analyzers/telemetry/default_selector.go).
+        errors.append("no selector: a second selector-less Telemetry in a namespace is IST0160")
+    if kind == "IstioOperator":
+        errors.append("an IstioOperator overlay: `istioctl install -f` with it reverts the rest of the installation")
+    return errors
+
+
+def check_rollout_safety(docs):
+    for path, items in docs.items():
+        if path.parent.name != "istio":
+            continue
+        for doc in items:
+            if not isinstance(doc, dict) or "kind" not in doc:
+                continue
+            name = f"{rel(path)} {doc['kind']}/{doc.get('metadata', {}).get('name', '?')}"
+            errors = rollout_errors(doc)
+            if errors:
+                fail(f"{name}: " + "; ".join(errors))
+            elif doc["kind"] in ("WasmPlugin", "TrafficExtension", "EnvoyFilter", "Telemetry"):
+                ok(f"{name}: roll-out safe (failure strategy, analyzer rules IST0151/IST0160, filter position)")
+    # The roll-out starts passive on both sides.
+    for label, config, _ in plugin_configs(docs):
+        modes = {section: (config.get(section) or {}).get("mode") for section in ("circuit_breaker", "dedup")}
+        if "inbound" in label and modes["dedup"] != "metrics_only":
+            fail(f"{label}: dedup.mode {modes['dedup']!r}: the shipped consumer side starts in metrics_only")
+        if "outbound" in label and modes["circuit_breaker"] != "metrics_only":
+            fail(f"{label}: circuit_breaker.mode {modes['circuit_breaker']!r}: the shipped caller side starts in metrics_only")
+    ok("the shipped plugins start in metrics_only (breaker on the caller's side, dedup on the consumer's)")
+    # The checks can fail: broken copies of the shipped files.
+    cases = [
+        ("envoyfilter-inbound.yaml", ["spec", "priority"], DELETE, "IST0151"),
+        ("envoyfilter-outbound.yaml", ["spec", "configPatches", 0, "match", "listener", "filterChain", "filter",
+                                       "subFilter", "name"], "envoy.filters.http.router", "grpc_stats"),
+        ("telemetry-access-log.yaml", ["spec", "selector"], DELETE, "IST0160"),
+        ("wasmplugin-outbound.yaml", ["spec", "failStrategy"], "FAIL_RELOAD", "403"),
+        ("trafficextension-inbound.yaml", ["spec", "wasm", "failStrategy"], DELETE, "403"),
+    ]
+    for file, path, value, expected in cases:
+        broken = mutate(load_docs(ROOT / "istio" / file)[0], path, value)
+        caught = [e for e in rollout_errors(broken) if expected in e]
+        if caught:
+            ok(f"broken copy flagged: {file} with {'.'.join(map(str, path))} {'removed' if value is DELETE else value}: {caught[0]}")
+        else:
+            fail(f"broken copy NOT flagged: {file} with {path} = {value} (expected {expected!r})")
+
+
+# ---------------------------------------------------------------------------------------------
 # meshguard configurations in a real Envoy (validate mode runs the plugin's on_configure)
 
 WASM_FILTER = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
@@ -374,14 +461,16 @@ def check_plugin_configs(docs, wasm, workdir):
     if len(configs) < 6:
         fail(f"expected the outbound and inbound WasmPlugin, TrafficExtension and EnvoyFilter, found {len(configs)}")
     for label, config, patched in configs:
-        if config.get("trace", {}).get("mode") != "defer":
-            fail(f"{label}: trace.mode must be \"defer\" in Istio (the mesh traces; istio/README.md)")
+        # The default trace mode follows Envoy's tracer when there is one and writes W3C context
+        # when there is none (trace.mode "auto", docs/behaviour.md; Istio has no tracer by default since 1.22).
+        if "mode" in config.get("trace", {}):
+            fail(f"{label}: trace.mode is set ({config['trace']['mode']!r}): leave it to the default (docs/deploy.md)")
         valid, log = envoy_validate(bootstrap_with(meshguard_filter(config, wasm), wasm), workdir)
         (ok if valid else fail)(f"{label}: pluginConfig {'accepted' if valid else 'REFUSED'} by envoy --mode validate"
                                 + ("" if valid else f": {log[-800:]}"))
         if patched is not None:
             valid, log = envoy_validate(bootstrap_with(patched, wasm), workdir)
-            (ok if valid else fail)(f"{label}: the patched filter (failure_policy, reload_config) "
+            (ok if valid else fail)(f"{label}: the patched filter (failure_policy) "
                                     + ("validates" if valid else f"is REFUSED: {log[-800:]}"))
     # The check can fail: an unknown key makes meshguard refuse to start, and Envoy with it.
     label, config, _ = configs[0]
@@ -407,18 +496,30 @@ def exported_metrics():
 
 METRIC_RE = re.compile(r"\bmeshguard_[a-z_]+\b")
 LABELS = {"rule", "to", "outcome"}
+# What Istio's sample scrape configuration attaches to a pod's series (samples/addons/prometheus.yaml:
+# namespace, pod, and the pod's labels, among them the canonical name sidecar injection sets).
+SCRAPE_LABELS = {"namespace", "pod", "service_istio_io_canonical_name"}
+# Labels of Istio's own metrics the rules use: istio_requests_total (istio/proxy
+# testdata/metric/client_request_total.yaml.tmpl), the agent's result and istiod's type.
+ISTIO_LABELS = {"reporter", "response_code", "response_flags", "result", "type"}
 
 
 def check_exprs(where, exprs, metrics):
     used = set()
     for expr in exprs:
+        # Rules of different workloads share names (health, default, …), and a circuit or store
+        # belongs to one pod: every aggregation keeps the namespace and the workload (or pod).
+        for grouping in re.findall(r"\bby\s*\(([^)]*)\)", expr):
+            labels = {l.strip() for l in grouping.split(",")}
+            if METRIC_RE.search(expr) and not ({"namespace"} <= labels and labels & {"service_istio_io_canonical_name", "pod"}):
+                fail(f"{where}: `by ({grouping})` mixes workloads: {expr!r}")
         names = set(METRIC_RE.findall(expr))
         unknown = names - metrics
         if unknown:
             fail(f"{where}: unknown metric(s) {sorted(unknown)} in {expr!r}")
         used |= names
         for label in re.findall(r"\b(rule|to|outcome|[a-z_]+)\s*(?:=~|!=|!~|=)\s*\"", expr):
-            if label not in LABELS | {"namespace", "pod"}:
+            if label not in LABELS | SCRAPE_LABELS | ISTIO_LABELS:
                 fail(f"{where}: label {label!r} is neither a meshguard tag nor a scrape label: {expr!r}")
     return used
 
@@ -437,11 +538,18 @@ def check_alerts(metrics):
     rules = yaml.safe_load(path.read_text())
     exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
     alerts = {r.get("alert") for g in rules["groups"] for r in g["rules"]}
-    for needed in ("MeshguardCircuitOpened", "MeshguardDuplicateRateHigh", "MeshguardInternalErrors"):
+    for needed in ("MeshguardCircuitOpen", "MeshguardDuplicateRateHigh", "MeshguardInternalErrors"):
         if needed not in alerts:
             fail(f"{rel(path)}: alert {needed} missing")
     used = check_exprs(rel(path), exprs, metrics)
-    ok(f"{rel(path)}: {len(exprs)} alerts, metrics used {sorted(used)} all exported by meshguard")
+    needed = {"MeshguardModuleFetchFailed", "MeshguardConfigRejected", "MeshguardFilterConfigMissing", "MeshguardNotRunning"}
+    if needed - alerts:
+        fail(f"{rel(path)}: the roll-out failure modes lack alerts {sorted(needed - alerts)}")
+    critical = {r["alert"] for g in rules["groups"] for r in g["rules"] if r.get("labels", {}).get("severity") == "critical"}
+    if any(name.startswith("MeshguardCircuit") for name in critical):
+        fail(f"{rel(path)}: a circuit alert is critical ({sorted(critical)}): metrics do not tell enforce from metrics_only")
+    ok(f"{rel(path)}: {len(exprs)} alerts, meshguard metrics used {sorted(used)} all exported by meshguard; "
+       f"critical only {sorted(critical)}")
 
 
 def check_dashboard(metrics, workdir):
@@ -449,7 +557,11 @@ def check_dashboard(metrics, workdir):
     dash = json.loads(path.read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
     # Grafana's variables, as Grafana substitutes them, so that promtool can parse the queries.
-    concrete = [e.replace("$__rate_interval", "5m").replace('"$namespace"', '".*"') for e in exprs]
+    variables = {v["name"] for v in dash["templating"]["list"]}
+    for needed in ("datasource", "namespace", "workload", "rule"):
+        if needed not in variables:
+            fail(f"{rel(path)}: no dashboard variable {needed!r}")
+    concrete = [re.sub(r'"\$[a-z]+"', '".*"', e.replace("$__rate_interval", "5m")) for e in exprs]
     rules = {"groups": [{"name": "dashboard", "rules": [
         {"record": f"meshguard:dashboard_query_{i}", "expr": e} for i, e in enumerate(concrete)]}]}
     rules_path = Path(workdir) / "dashboard-queries.rules.yaml"
@@ -467,23 +579,34 @@ def check_dashboard(metrics, workdir):
             fail(f"{rel(path)}: panel {panel['title']!r} does not use the datasource variable")
 
 
+# Istio's default stats inclusion of a sidecar (istio/istio 1.31.0-rc.0 pkg/bootstrap/config.go and
+# tools/packaging/common/envoy_bootstrap.json); tests/deploy.rs runs the same list in Envoy 1.40.
+ISTIO_DEFAULT_STAT_PREFIXES = ("reporter=", "cluster_manager", "listener_manager", "server", "cluster.xds-grpc",
+                               "wasm", "component", "istio")
+
+
 def check_stat_settings(docs, metrics):
-    mesh = docs[ROOT / "istio" / "mesh-config.yaml"][0]["spec"]["meshConfig"]
+    mesh = docs[ROOT / "istio" / "mesh-config-values.yaml"][0]["meshConfig"]
     pod = docs[ROOT / "istio" / "pod-annotations.yaml"][0]
     proxy = yaml.safe_load(pod["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"])
-    for where, cfg in (("mesh-config.yaml meshConfig.defaultConfig", mesh["defaultConfig"]),
+    for where, cfg in (("mesh-config-values.yaml meshConfig.defaultConfig", mesh["defaultConfig"]),
                        ("pod-annotations.yaml proxy.istio.io/config", proxy)):
         tags = set(cfg.get("extraStatTags", []))
         if tags != LABELS:
             fail(f"{where}: extraStatTags {sorted(tags)} != meshguard's tags {sorted(LABELS)}")
-        regexes = cfg.get("proxyStatsMatcher", {}).get("inclusionRegexps", [])
-        # Envoy's stat name for a tagged wasm metric, as the matcher sees it.
-        unmatched = [m for m in metrics
-                     if not any(re.fullmatch(r, f"wasmcustom.rule=.=payments;.;{m}") for r in regexes)]
-        if unmatched:
-            fail(f"{where}: proxyStatsMatcher would drop {unmatched}")
+        elif "proxyStatsMatcher" in cfg:
+            fail(f"{where}: proxyStatsMatcher is not needed (Istio keeps `wasm…` stats by default) and replaces "
+                 "nothing but adds a regex to every stat lookup: drop it")
         else:
-            ok(f"{where}: extraStatTags {sorted(tags)}; proxyStatsMatcher keeps all {len(metrics)} metrics")
+            ok(f"{where}: extraStatTags {sorted(tags)}, no proxyStatsMatcher")
+    # Envoy names a proxy-wasm metric `wasmcustom.<name>` (tags included): Istio's default
+    # prefix `wasm` keeps every one of them.
+    dropped = [m for m in metrics
+               if not f"wasmcustom.rule=.=payments;.;{m}".startswith(ISTIO_DEFAULT_STAT_PREFIXES)]
+    if dropped:
+        fail(f"Istio's default stats inclusion would drop {dropped}")
+    else:
+        ok(f"Istio's default stats inclusion (prefix `wasm`) keeps all {len(metrics)} meshguard metrics")
     for path in sorted((ROOT / "envoy").glob("*.yaml")):
         bootstrap = docs[path][0]
         # w3c-mesh.yaml is the W3C suite's test mesh, not a deployable; it exports no tagged stats.
@@ -497,10 +620,10 @@ def check_stat_settings(docs, metrics):
     # The access log of the mesh shows the ids the shipped bootstraps show.
     labels = mesh["extensionProviders"][0]["envoyFileAccessLog"]["logFormat"]["labels"]
     fields = [v for v in labels.values() if "FILTER_STATE(wasm.meshguard." in v]
-    if len(fields) < 5:
-        fail(f"mesh-config.yaml: access log has only {fields}")
+    if len(fields) < 7:
+        fail(f"mesh-config-values.yaml: access log has only {fields}")
     else:
-        ok(f"mesh-config.yaml: access log carries {len(fields)} meshguard filter-state fields")
+        ok(f"mesh-config-values.yaml: access log carries {len(fields)} meshguard filter-state fields")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -613,10 +736,45 @@ def check_compose(docs):
         ok(f"{rel(path)}: {len(compose['services'])} services, bootstraps and module mounted, ports {sorted(ports)} distinct")
 
 
+# ---------------------------------------------------------------------------------------------
+# meshguard validate, installed as a user installs it
+
+
+def check_cli(docs, workdir):
+    root, build = ROOT / "target" / "cli-root", ROOT / "target" / "cli-build"
+    install = ["cargo", "install", "--locked", "--quiet", "--path", ".", "--features", "cli",
+               "--root", str(root), "--target-dir", str(build)]
+    started = time.monotonic()
+    run = subprocess.run(install, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    if run.returncode != 0:
+        fail(f"`cargo install --locked --path . --features cli` failed: {run.stderr.strip()[-800:]}")
+        return
+    binary = root / "bin" / "meshguard"
+    ok(f"cargo install --locked --path . --features cli: {rel(binary)} ({time.monotonic() - started:.1f}s)")
+    files = sorted(str(p) for p in (ROOT / "istio").glob("*.yaml"))
+    run = subprocess.run([str(binary), "validate", *files], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    expected = len(plugin_configs(docs))
+    summary = f"{expected} valid configurations, 0 errors"
+    if run.returncode == 0 and summary in run.stdout:
+        ok(f"meshguard validate istio/*.yaml: exit 0, {summary}")
+    else:
+        fail(f"meshguard validate istio/*.yaml: exit {run.returncode}, expected {summary!r}:\n{run.stdout}{run.stderr}")
+    broken = Path(workdir) / "wasmplugin-inbound.yaml"
+    text = (ROOT / "istio" / "wasmplugin-inbound.yaml").read_text()
+    broken.write_text(text.replace("scope: caller", "scope: global", 1))
+    run = subprocess.run([str(binary), "validate", str(broken)], capture_output=True, text=True, timeout=60)
+    line = (f"{broken}: WasmPlugin orders/meshguard-inbound: spec.pluginConfig: dedup.scope: "
+            'must be one of "rule", "caller", got "global"')
+    if run.returncode == 1 and line in run.stdout.splitlines():
+        ok("broken copy rejected by the installed meshguard validate: exit 1, file and JSON path named")
+    else:
+        fail(f"meshguard validate on a broken copy: exit {run.returncode}, expected the line {line!r}:\n{run.stdout}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--wasm", default=str(ROOT / "target/wasm32-wasip1/release/meshguard.wasm"))
-    parser.add_argument("--crds", default=str(ROOT.parent / "shared/istio/customresourcedefinitions.gen.yaml"))
+    parser.add_argument("--crds", default=str(ROOT / "scripts/deploy-tests/istio-crds/customresourcedefinitions.yaml"))
     args = parser.parse_args()
     wasm = Path(args.wasm).resolve()
     if not wasm.exists():
@@ -628,6 +786,7 @@ def main():
         ok(f"loaded {len(crds)} Istio CRD schemas from {args.crds}")
         check_schemas(docs, crds)
         check_broken_copies(crds)
+        check_rollout_safety(docs)
         check_plugin_configs(docs, wasm, workdir)
         metrics = exported_metrics()
         check_alerts(metrics)
@@ -635,6 +794,7 @@ def main():
         check_stat_settings(docs, metrics)
         check_dockerfile(wasm, workdir)
         check_compose(docs)
+        check_cli(docs, workdir)
     took = time.monotonic() - started
     print(f"\ndeploy checks ({took:.1f}s):\n{len(PASSED)} passed, {len(FAILURES)} failed")
     sys.exit(1 if FAILURES else 0)
