@@ -1,4 +1,5 @@
-//! The circuit breaker of one rule (SPEC §1) as a pure state machine over an injected clock.
+//! The circuit breaker of one rule (docs/behaviour.md, "Circuit breaking") as a pure state machine
+//! over an injected clock.
 //!
 //! The state lives in proxy-wasm shared data, one value per rule, and every change is a
 //! compare-and-swap of the whole encoded value ([`State::encode`]), so all Envoy workers see one
@@ -382,9 +383,9 @@ pub struct Ending {
     pub grpc_status: Option<u32>,
 }
 
-/// Classifies a call (SPEC §1 "Outcome of a call", "Neutral calls", "gRPC calls"); `None` for a
-/// neutral call, which counts neither as success nor as failure: an ignored status, gRPC
-/// CANCELLED, or a call the caller abandoned (unless it had already run past
+/// Classifies a call (docs/behaviour.md, "Circuit breaking": *Outcomes*, *Neutral calls*, *gRPC
+/// calls*); `None` for a neutral call, which counts neither as success nor as failure: an ignored
+/// status, gRPC CANCELLED, or a call the caller abandoned (unless it had already run past
 /// `slow_call_duration`: the caller's timeout says it was slow). `elapsed` is the time from the
 /// request to the response headers (or to the end, without them); `flags` (Envoy's
 /// `response.flags`) is read only when the status alone cannot tell.
