@@ -1,5 +1,6 @@
-//! meshguard's own per-request JSON log line (SPEC §4, `log.requests`). Every value from the
-//! request is JSON-escaped here; bytes that are not UTF-8 become U+FFFD, so the line always parses.
+//! meshguard's own per-request JSON log line (docs/behaviour.md, "Correlation ids and logging",
+//! `log.requests`). Every value from the request is JSON-escaped here; bytes that are not UTF-8
+//! become U+FFFD, so the line always parses.
 
 /// One finished request, as the shell gathered it. `None` prints as `null`.
 #[derive(Debug, Default)]

@@ -1,6 +1,7 @@
-//! Rule matching (SPEC "Rules"): the first rule whose every given `match` field matches wins;
-//! no match means the `default` rule. Facts are fetched lazily, because each one the shell reads
-//! is a host call: a configuration that matches only on path never pays for `xds.route_name`.
+//! Rule matching (docs/behaviour.md, "Configuration and rules"): the first rule whose every given
+//! `match` field matches wins; no match means the `default` rule. Facts are fetched lazily, because
+//! each one the shell reads is a host call: a configuration that matches only on path never pays
+//! for `xds.route_name`.
 
 use crate::config::{Match, Rule};
 

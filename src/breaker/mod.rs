@@ -1,4 +1,5 @@
-//! The circuit breaker of one rule (SPEC §1) as a pure state machine over an injected clock.
+//! The circuit breaker of one rule (docs/behaviour.md, "Circuit breaking") as a pure state machine
+//! over an injected clock.
 //!
 //! The state lives in proxy-wasm shared data, one value per rule, and every change is a
 //! compare-and-swap of the whole encoded value ([`State::encode`]), so all Envoy workers see one

@@ -1,5 +1,6 @@
 //! The circuit breaker against the host: one shared-data value per rule, read and changed with
-//! compare-and-swap, so that every worker sees one circuit (SPEC §1, "Where it runs").
+//! compare-and-swap, so that every worker sees one circuit (docs/behaviour.md, "Where it runs" and
+//! "Circuit breaking").
 //!
 //! Each worker keeps a [`Snapshot`] of the last state it read: a healthy (quiet) closed circuit
 //! is then decided with one gauge read (the epoch) per request and per response instead of shared-data

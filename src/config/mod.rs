@@ -1,7 +1,7 @@
-//! The configuration: SPEC "Configuration", parsed and validated once per `on_configure` into an
-//! immutable, pre-compiled form (durations in nanoseconds, status sets as bitsets, rules with their
-//! settings already merged over the top level). Nothing here is looked at per request except the
-//! finished values.
+//! The configuration (docs/configuration.md; docs/behaviour.md, "Configuration and rules"), parsed
+//! and validated once per `on_configure` into an immutable, pre-compiled form (durations in
+//! nanoseconds, status sets as bitsets, rules with their settings already merged over the top
+//! level). Nothing here is looked at per request except the finished values.
 
 pub mod duration;
 mod reader;
@@ -151,8 +151,8 @@ pub struct Dedup {
     pub body_key: Option<crate::dedup::body_key::Pointer>,
 }
 
-/// SPEC §2 "Modes": `metrics_only` reads, checks, stores and counts keys exactly as `enforce`
-/// does, but sends no reply of its own (the roll-out's dry run).
+/// docs/behaviour.md, "Event-id deduplication", *Modes*: `metrics_only` reads, checks, stores and
+/// counts keys exactly as `enforce` does, but sends no reply of its own (the roll-out's dry run).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DedupMode {
     Enforce,

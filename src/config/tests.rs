@@ -40,7 +40,8 @@ fn present_section_turns_feature_on_with_defaults() {
     assert!(c.default_rule.circuit_breaker.is_none());
 }
 
-/// The full example of SPEC "Configuration" is accepted and means what it says.
+/// The example of every key (`tests/data/spec-example.json`; docs/configuration.md) is accepted
+/// and means what it says.
 #[test]
 fn spec_example_is_accepted() {
     let c = ok(include_str!("../../tests/data/spec-example.json"));
@@ -303,7 +304,8 @@ fn durations_too_large_to_add_up_are_rejected_not_wrapped() {
     }
 }
 
-/// SPEC §2 "Modes": the dry run is a dedup key like the others, merged per rule.
+/// docs/behaviour.md, "Event-id deduplication", *Modes*: the dry run is a dedup key like the
+/// others, merged per rule.
 #[test]
 fn dedup_mode_defaults_to_enforce_and_merges_per_rule() {
     assert_eq!(ok(r#"{"dedup": {}}"#).default_rule.dedup.unwrap().mode, DedupMode::Enforce);

@@ -1,5 +1,6 @@
-//! Correlation-id rules (SPEC §4): keep a valid incoming id, otherwise make one. An invalid value
-//! is replaced and never logged raw, so a client cannot inject text into log lines.
+//! Correlation-id rules (docs/behaviour.md, "Correlation ids and logging"): keep a valid incoming
+//! id, otherwise make one. An invalid value is replaced and never logged raw, so a client cannot
+//! inject text into log lines.
 
 pub mod stage;
 

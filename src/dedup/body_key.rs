@@ -1,8 +1,8 @@
-//! Event keys in a JSON request body, found while the body streams (SPEC §2 "Keys in the body"):
-//! an incremental scanner that follows a few RFC 6901 JSON Pointers through the bytes it is fed,
-//! chunk by chunk, and stops as soon as every pointer is resolved. It never holds the document:
-//! only the container stack and the value being read. A pointer near the start of a 10 MB body
-//! is decided on the chunk that completes its value.
+//! Event keys in a JSON request body, found while the body streams (docs/behaviour.md, "Event-id
+//! deduplication", *Keys in the body*): an incremental scanner that follows a few RFC 6901 JSON
+//! Pointers through the bytes it is fed, chunk by chunk, and stops as soon as every pointer is
+//! resolved. It never holds the document: only the container stack and the value being read. A
+//! pointer near the start of a 10 MB body is decided on the chunk that completes its value.
 //!
 //! Differences from a parser that reads the whole document, by design: the first occurrence of a
 //! duplicated member name counts (RFC 8259 leaves duplicates to the implementation; deciding early

@@ -1,4 +1,5 @@
-//! Event-id deduplication (SPEC §2): the key of a request, and the bounded store of keys.
+//! Event-id deduplication (docs/behaviour.md, "Event-id deduplication"): the key of a request, and
+//! the bounded store of keys.
 //!
 //! * [`event_key`] finds and validates a request's key: the first present header of `headers`
 //!   (`Idempotency-Key` may be a structured-field string; `ce-id` is keyed with `ce-source`).

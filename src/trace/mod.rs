@@ -1,6 +1,7 @@
-//! W3C Trace Context in the sidecar (SPEC §3): one decision per request from the request's
-//! headers, with no host calls. The shell applies the decision (header writes, stats, filter
-//! state); the trace-id and span-id then follow the request into logs and local replies.
+//! W3C Trace Context in the sidecar (docs/behaviour.md, "Trace context"): one decision per request
+//! from the request's headers, with no host calls. The shell applies the decision (header writes,
+//! stats, filter state); the trace-id and span-id then follow the request into logs and local
+//! replies.
 //!
 //! * A valid `traceparent` is continued: forwarded unchanged (`propagate`) or with a fresh
 //!   parent-id for this hop (`hop`), its `tracestate` validated and combined.

@@ -1,6 +1,7 @@
-//! Outcomes of real mesh traffic (SPEC §1 "Neutral calls", "gRPC calls", §2 "Outcome", "gRPC"):
-//! gRPC statuses in response headers or trailers, streams that end without one, calls the caller
-//! abandoned, ignored statuses, and the gRPC shape of every local reply.
+//! Outcomes of real mesh traffic (docs/behaviour.md: "Circuit breaking", *Neutral calls* and *gRPC
+//! calls*; "Event-id deduplication", *First delivery*; "gRPC requests"): gRPC statuses in response
+//! headers or trailers, streams that end without one, calls the caller abandoned, ignored statuses,
+//! and the gRPC shape of every local reply.
 
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
