@@ -77,6 +77,9 @@ pub struct Plugin {
     tracer_checked: Cell<bool>,
     /// What this worker learned of Envoy's tracer (`trace.mode: "auto"`).
     tracer: Cell<EnvoyTracer>,
+    /// The effects of one callback, kept empty between callbacks so that their lists need not
+    /// be allocated again on every request (one VM per worker: no two callbacks at once).
+    scratch: RefCell<Effects>,
 }
 
 impl Plugin {
@@ -102,6 +105,7 @@ impl Plugin {
             dedup_store,
             tracer_checked: Cell::new(false),
             tracer: Cell::new(EnvoyTracer::default()),
+            scratch: RefCell::new(Effects::default()),
         }
     }
 
@@ -136,6 +140,11 @@ impl Plugin {
             }
         }
         Ok(())
+    }
+
+    /// An empty [`Effects`] for one callback (given back by `Stream::apply`).
+    fn effects(&self) -> Effects {
+        self.scratch.take()
     }
 
     /// The dedup store's layout, when a rule deduplicates.
@@ -220,7 +229,7 @@ impl Stream {
         if self.grpc {
             self.deadline = headers.get("grpc-timeout").and_then(breaker::grpc_timeout);
         }
-        let mut fx = Effects::default();
+        let mut fx = plugin.effects();
         fx.count(plugin.metrics.requests(self.rule));
         if self.rule != config.rules.len() {
             // Filter state costs a host call per key: the default rule goes unsaid.
@@ -273,7 +282,7 @@ impl Stream {
             let Some(rule) = plugin.dedup(self.rule).filter(|_| self.dedup.awaits_body()) else {
                 return Verdict::Continue;
             };
-            let mut fx = Effects::default();
+            let mut fx = plugin.effects();
             let refusal = self.dedup.on_request_body(&rule, host, size, end_of_stream, &mut fx);
             self.apply(plugin, host, fx, None);
             let Some(refusal) = refusal else {
@@ -292,7 +301,7 @@ impl Stream {
             }
         }
         if let Some(reply) = self.waiting_reply.take() {
-            self.apply(plugin, host, Effects::default(), Some(&reply));
+            self.apply(plugin, host, plugin.effects(), Some(&reply));
         }
         Verdict::Stop
     }
@@ -306,7 +315,7 @@ impl Stream {
         // whole goes to the client instead.
         self.dedup.on_early_answer();
         self.waiting_reply = None;
-        let mut fx = Effects::default();
+        let mut fx = plugin.effects();
         if self.awaits_outcome() {
             // A response without a readable status is Envoy's own doing: counted like a reset.
             let status = host.response_header(":status").and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
@@ -321,11 +330,10 @@ impl Stream {
             }
         }
         // No id: the request never reached this filter (e.g. Envoy rejected it first).
-        if self.correlation.id().is_none() {
-            return;
+        if self.correlation.id().is_some() {
+            self.correlation.on_response_headers(&plugin.config.correlation, &mut fx);
+            self.trace.on_response_headers(&plugin.config.trace, &mut fx);
         }
-        self.correlation.on_response_headers(&plugin.config.correlation, &mut fx);
-        self.trace.on_response_headers(&plugin.config.trace, &mut fx);
         self.apply(plugin, host, fx, None);
     }
 
@@ -335,7 +343,7 @@ impl Stream {
             return;
         };
         let end = self.ending(status, grpc_status(host.response_trailer("grpc-status")));
-        let mut fx = Effects::default();
+        let mut fx = plugin.effects();
         self.outcome(plugin, host, &end, Some(at), &mut fx);
         self.apply(plugin, host, fx, None);
     }
@@ -343,7 +351,7 @@ impl Stream {
     /// The stream is complete (also after resets and local replies).
     pub fn on_log(&mut self, plugin: &Plugin, host: &mut impl Host) {
         let config = &plugin.config;
-        let mut fx = Effects::default();
+        let mut fx = plugin.effects();
         if self.awaits_outcome() {
             // The stream ended without response headers (reset, caller gone), or a gRPC call
             // without a status.
@@ -459,8 +467,11 @@ impl Stream {
     }
 
     /// The one place effects reach the host; a host error fails the request open.
-    fn apply(&mut self, plugin: &Plugin, host: &mut impl Host, fx: Effects, reply: Option<&Reply>) {
-        if let Err(e) = fx.apply(host, reply) {
+    fn apply(&mut self, plugin: &Plugin, host: &mut impl Host, mut fx: Effects, reply: Option<&Reply>) {
+        let result = fx.apply(host, reply);
+        // Emptied, with its capacity: the next callback of this worker fills it again.
+        plugin.scratch.replace(fx);
+        if let Err(e) = result {
             self.fail(plugin, host, e);
         }
     }

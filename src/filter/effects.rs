@@ -74,33 +74,34 @@ impl Effects {
     /// Performs every effect, the local reply (if any) last, so that the filter state and the
     /// counters are in place when Envoy runs the reply through the response path and the access
     /// log. Returns the first host error, the deciding one first.
-    pub fn apply(self, host: &mut impl Host, reply: Option<&Reply>) -> Result<(), HostError> {
-        let mut first = self.error.map_or(Ok(()), Err);
+    /// Leaves the lists empty (their capacity kept).
+    pub fn apply(&mut self, host: &mut impl Host, reply: Option<&Reply>) -> Result<(), HostError> {
+        let mut first = self.error.take().map_or(Ok(()), Err);
         let mut keep = |r: Result<(), HostError>| {
             if first.is_ok() {
                 first = r;
             }
         };
-        for (id, by) in self.increments {
+        for (id, by) in self.increments.drain(..) {
             host.increment(id, by);
         }
-        for (id, value) in self.gauges {
+        for (id, value) in self.gauges.drain(..) {
             host.set_gauge(id, value);
         }
-        for (level, line) in &self.logs {
-            host.log(*level, line);
+        for (level, line) in self.logs.drain(..) {
+            host.log(level, &line);
         }
-        for (name, value) in &self.request_headers {
+        for (name, value) in self.request_headers.drain(..) {
             keep(match value {
-                Some(v) => host.set_request_header(name, v),
-                None => host.remove_request_header(name),
+                Some(v) => host.set_request_header(&name, &v),
+                None => host.remove_request_header(&name),
             });
         }
-        for (key, value) in &self.filter_state {
-            keep(host.set_filter_state(key, value));
+        for (key, value) in self.filter_state.drain(..) {
+            keep(host.set_filter_state(key, &value));
         }
-        for (name, value, add) in &self.response_headers {
-            keep(if *add { host.add_response_header(name, value) } else { host.set_response_header(name, value) });
+        for (name, value, add) in self.response_headers.drain(..) {
+            keep(if add { host.add_response_header(&name, &value) } else { host.set_response_header(&name, &value) });
         }
         if let Some(reply) = reply {
             keep(host.send_local_reply(reply));
