@@ -16,7 +16,7 @@ use std::fmt;
 use libfuzzer_sys::fuzz_target;
 use meshguard::dedup::body_key::{Found, Pointer, Scan, MAX_DEPTH};
 use meshguard::dedup::MAX_KEY_LEN;
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 const POINTERS: [&str; 8] = ["", "/id", "/source", "/eventId", "/data/orderId", "/a/0", "/a/1/id", "/\u{e9}"];

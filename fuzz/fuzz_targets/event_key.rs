@@ -4,9 +4,10 @@
 //! Input: `name:value` lines; an optional first line `@name name …` replaces the default header
 //! list (`x-event-id idempotency-key ce-id`).
 //!
-//! Invariants: the first present header of the list decides; a valid key is 1-255 bytes of
-//! visible ASCII (CloudEvents: `ce-source`, a space, `ce-id`); the event id for logs is the
-//! decoded value; an Idempotency-Key re-encoded as an sf-string gives the same key back;
+//! Invariants: the first present header of the list decides; a key header (or `ce-source`) on
+//! more than one line is invalid; a valid key is 1-255 bytes of visible ASCII (CloudEvents:
+//! `ce-source`, a space, `ce-id`, each percent-decoded); the event id for logs is the decoded
+//! value; an Idempotency-Key re-encoded as an sf-string gives the same key back;
 //! `Missing` only when no listed header is present; the key id and fingerprint are deterministic
 //! and the fingerprint is never 0 (0 means "none").
 #![no_main]
@@ -19,6 +20,23 @@ use meshguard_fuzz::{lines, visible_ascii, words};
 
 fn valid_value(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= MAX_KEY_LEN && visible_ascii(v)
+}
+
+/// `%XX` decoded, as the CloudEvents HTTP binding says; `None` for a broken `%`.
+fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let hex = std::str::from_utf8(raw.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 fn sf_encode(key: &[u8]) -> Vec<u8> {
@@ -46,23 +64,44 @@ fuzz_target!(|data: &[u8]| {
         (Key::Missing, None) => {}
         (Key::Missing, Some(n)) => panic!("{n} is present but the key is missing"),
         (_, None) => panic!("a key without any listed header: {key:?}"),
-        (Key::Invalid { header, .. }, Some(n)) => {
+        (Key::Invalid { header, reason }, Some(n)) => {
             assert!(header == n || (n == "ce-id" && header == "ce-source"), "{header} vs {n}");
-            if n != "idempotency-key" && header == n {
-                assert!(!valid_value(headers.get(n).unwrap_or_default()));
+            let lines = headers.all(header).count();
+            if *reason == "sent on more than one line" {
+                assert!(lines > 1, "{header}: {lines} lines");
+            } else {
+                assert_eq!(lines, 1, "one line, or that is the reason");
+                if n != "idempotency-key" && header == n && n != "ce-id" {
+                    assert!(!valid_value(headers.get(n).unwrap_or_default()));
+                }
+                if n == "ce-id" {
+                    // The raw values are visible ASCII, percent-decoding fails, or the decoded
+                    // id is no key.
+                    let raw = headers.get(header).unwrap_or_default();
+                    let decoded = percent_decode(raw);
+                    let bad_text = |v: &[u8]| v.is_empty() || v.len() > MAX_KEY_LEN || std::str::from_utf8(v).is_err() || v.iter().any(|b| b.is_ascii_control());
+                    assert!(
+                        !valid_value(raw) && !(header == "ce-source" && raw.is_empty())
+                            || decoded.is_none()
+                            || header == "ce-id" && decoded.as_deref().is_some_and(bad_text),
+                        "{header}: {reason}"
+                    );
+                }
             }
         }
         (Key::Valid { key, event_id }, Some(n)) => {
             let raw = headers.get(n).unwrap_or_default();
+            assert_eq!(headers.all(n).count(), 1, "a key header on one line");
             if n == "ce-id" {
                 let source = headers.get("ce-source").unwrap_or_default();
                 assert!(source.is_empty() || valid_value(source));
                 assert!(valid_value(raw));
-                let mut expected = source.to_vec();
+                let mut expected = percent_decode(source).expect("a valid source decodes");
                 expected.push(b' ');
-                expected.extend_from_slice(raw);
+                let id = percent_decode(raw).expect("a valid id decodes");
+                expected.extend_from_slice(&id);
                 assert_eq!(*key, expected);
-                assert_eq!(event_id.as_bytes(), raw);
+                assert_eq!(event_id.as_bytes(), &id[..]);
             } else {
                 assert!(valid_value(key), "key {key:?}");
                 assert_eq!(event_id.as_bytes(), &key[..]);

@@ -2,7 +2,8 @@
 //! traceparent (any number of lines), tracestate, single and multi-header B3, in each mode.
 //!
 //! Input: `name:value` lines (see `fuzz/src/lib.rs`); an optional first line `@hop`, `@defer`,
-//! `@off`, `@b3=ignore`, `@ratio=0`… picks the configuration.
+//! `@propagate`, `@off`, `@b3=ignore`, `@ratio=0`… picks the configuration (default: `auto`,
+//! which decides as `propagate` does: it only defers once a worker has seen Envoy's tracer).
 //!
 //! Invariants: the ids going upstream are never zero; a header meshguard writes parses back to
 //! exactly the context it reports (so logs and the upstream agree); a kept header is the
@@ -27,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
         match w {
             b"hop" => config.mode = TraceMode::Hop,
             b"defer" => config.mode = TraceMode::Defer,
+            b"propagate" => config.mode = TraceMode::Propagate,
             b"off" => config.enabled = false,
             b"b3=ignore" => config.b3 = B3Setting::Ignore,
             _ => {}
@@ -49,6 +51,8 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let decision = trace::decide(&headers, &config, &mut Entropy(data.len() as u64));
+    // `auto` decides as `propagate` (the stage defers, not the decision).
+    let propagating = matches!(config.mode, TraceMode::Propagate | TraceMode::Auto);
     let Some(d) = decision else {
         assert!(!config.enabled || config.mode == TraceMode::Defer);
         return;
@@ -65,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
         }
         None => {
             assert_eq!(d.outcome, TraceOutcome::Propagated);
-            assert_eq!(config.mode, TraceMode::Propagate);
+            assert!(propagating);
             assert_eq!(incoming.len(), 1);
             let p = traceparent::parse(incoming[0]).expect("kept header is valid");
             assert!(p.canonical && p.context == c, "a kept header is the canonical line of the context");
@@ -77,9 +81,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(incoming.len(), 1);
             let p = traceparent::parse(incoming[0]).expect("propagated means valid");
             assert_eq!(p.context.trace_id, c.trace_id);
-            match config.mode {
-                TraceMode::Propagate => assert_eq!(p.context, c),
-                _ => assert_eq!(c.flags, p.context.flags & (SAMPLED | RANDOM)),
+            if propagating {
+                assert_eq!(p.context, c);
+            } else {
+                assert_eq!(c.flags, p.context.flags & (SAMPLED | RANDOM));
             }
         }
         TraceOutcome::Started | TraceOutcome::RestartedInvalid => {
