@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The non-Rust checks of the shipped deployables (istio/, envoy/): CRD schema validation with
-# broken copies, every meshguard configuration through `envoy --mode validate` with the real
+# broken copies, istioctl analyze's EnvoyFilter rules (IST0151-IST0154), the consistent-hashing
+# files agreeing (DestinationRule, hash-policy EnvoyFilter, envoy/outbound.yaml) and the hash list
+# Istio serves through `envoy --mode validate`, every meshguard configuration through `envoy --mode validate` with the real
 # module, alert rules and dashboard queries through promtool, the OCI image built with buildah,
 # docker-compose consistency. See scripts/check_deploy.py. Needs the release module
 # (cargo build --release --target wasm32-wasip1) and Envoy (scripts/setup.sh).

@@ -12,9 +12,14 @@ the tools (promtool, buildah) first. Each check prints one line; any failure exi
   cel-python; Kubernetes built-in kinds validate with kubernetes-validate (strict);
 * deliberately broken copies of the shipped resources must FAIL that validation, each with the
   error expected (so the validator is proven to catch what it claims);
-* roll-out safety: FAIL_OPEN for fetched modules, EnvoyFilter priority (IST0151) and position
-  (the STATS phase), Telemetry selector (IST0160), no IstioOperator overlay, both sides starting
-  in metrics_only; broken copies must be flagged;
+* roll-out safety: FAIL_OPEN for fetched modules, the EnvoyFilter rules of `istioctl analyze`
+  (IST0151 priority, IST0152-IST0154 operations) and position (the STATS phase), Telemetry
+  selector (IST0160), no IstioOperator overlay, both sides starting in metrics_only, the hash-policy
+  EnvoyFilter's patch (MERGE, every entry terminal, outbound routes by virtual host); broken
+  copies must be flagged;
+* consistent hashing: the DestinationRule, the hash-policy EnvoyFilter, the consumer's
+  dedup.headers and envoy/outbound.yaml agree, and the list Istio serves after the patch passes
+  `envoy --mode validate` (a broken entry fails it);
 * every meshguard configuration (WasmPlugin / TrafficExtension pluginConfig, EnvoyFilter JSON)
   passes `envoy --mode validate` with the real meshguard.wasm (which runs meshguard's
   on_configure), the EnvoyFilter's whole patched filter (failure_policy, reload_config) included,
@@ -289,6 +294,8 @@ BROKEN = [
     ("trafficextension-outbound.yaml", "failStrategy FAIL_RELOADED", ["spec", "wasm", "failStrategy"], "FAIL_RELOADED", "spec.wasm.failStrategy: 'FAIL_RELOADED' is not one of"),
     ("envoyfilter-outbound.yaml", "patch operation INSERT_BEFOR", ["spec", "configPatches", 0, "patch", "operation"], "INSERT_BEFOR", "'INSERT_BEFOR' is not one of"),
     ("envoyfilter-inbound.yaml", "context SIDECAR_INBOUNDS", ["spec", "configPatches", 0, "match", "context"], "SIDECAR_INBOUNDS", "'SIDECAR_INBOUNDS' is not one of"),
+    ("envoyfilter-hash-policy.yaml", "applyTo HTTP_ROUTES", ["spec", "configPatches", 0, "applyTo"], "HTTP_ROUTES", "'HTTP_ROUTES' is not one of"),
+    ("envoyfilter-hash-policy.yaml", "workloadSelector with matchLabels (WasmPlugin layout)", ["spec", "workloadSelector", "matchLabels"], {"app": "checkout"}, "Additional properties are not allowed ('matchLabels'"),
     ("destinationrule-event-id.yaml", "misspelt httpHeaderNme", ["spec", "trafficPolicy", "loadBalancer", "consistentHash", "httpHeaderNme"], "x-event-id", "Additional properties are not allowed ('httpHeaderNme'"),
     ("telemetry-access-log.yaml", "provider without a name", ["spec", "accessLogging", 0, "providers", 0], {}, "'name' is a required property"),
     ("wasmplugin-outbound.yaml", "wrong apiVersion", ["apiVersion"], "extensions.istio.io/v1", "no CRD schema"),
@@ -313,6 +320,65 @@ def check_broken_copies(crds):
 
 
 RELATIVE_OPS = ("INSERT_BEFORE", "INSERT_AFTER", "REPLACE", "REMOVE")
+ROUTE_CLASS = ("ROUTE_CONFIGURATION", "HTTP_ROUTE")
+REPLACEABLE = ("NETWORK_FILTER", "HTTP_FILTER", "VIRTUAL_HOST")
+
+
+def analyzer_errors(spec):
+    """The EnvoyFilter rules of `istioctl analyze` (istio/istio 1.31.0-rc.0
+    pkg/config/analysis/analyzers/envoyfilter/envoyfilter.go, codes in pkg/config/analysis/msg/messages.yaml):
+    IST0153 ADD and IST0154 REMOVE on a route-class object (ignored by istiod), IST0152 REPLACE
+    outside NETWORK_FILTER / HTTP_FILTER / VIRTUAL_HOST, IST0151 any other relative operation
+    (INSERT_BEFORE/AFTER, REPLACE, REMOVE) without a priority."""
+    errors = []
+    for i, patch in enumerate(spec.get("configPatches", [])):
+        op, apply_to = patch.get("patch", {}).get("operation"), patch.get("applyTo")
+        if op == "ADD" and apply_to in ROUTE_CLASS:
+            errors.append(f"configPatches[{i}]: IST0153 ADD on {apply_to} is ignored")
+        elif op == "REMOVE" and apply_to in ROUTE_CLASS:
+            errors.append(f"configPatches[{i}]: IST0154 REMOVE on {apply_to} is ignored")
+        elif op == "REPLACE" and apply_to not in REPLACEABLE:
+            errors.append(f"configPatches[{i}]: IST0152 REPLACE is not valid for {apply_to}")
+        elif op in RELATIVE_OPS and not spec.get("priority"):
+            errors.append(f"configPatches[{i}]: IST0151 relative operation {op} without spec.priority")
+    return errors
+
+
+def hash_policy_errors(spec):
+    """An HTTP_ROUTE patch that sets a hash policy (istio/envoyfilter-hash-policy.yaml) must give
+    the result its comments derive: appended to Istio's own entry (MERGE: MERGE_AND_REPLACE_LIST
+    exists only from Istio 1.31, istio/api networking/v1alpha3/envoy_filter.proto), each entry
+    terminal (envoyproxy/envoy source/common/http/hash_policy.cc: without it the hashes of all
+    present headers are combined), on the callers' outbound routes that forward, selected by
+    virtual host name and without portNumber (a sniffed port's route configuration is named
+    `<host>:<port>`, which a portNumber match never matches: istio/istio
+    pilot/pkg/networking/core/envoyfilter/rc_patch.go, getListenerPortFromName)."""
+    errors = []
+    for i, patch in enumerate(spec.get("configPatches", [])):
+        value = patch.get("patch", {}).get("value") or {}
+        entries = (value.get("route") or {}).get("hash_policy")
+        if patch.get("applyTo") != "HTTP_ROUTE" or entries is None:
+            continue
+        where = f"configPatches[{i}]"
+        op = patch.get("patch", {}).get("operation")
+        if op != "MERGE":
+            errors.append(f"{where}: operation {op}, not MERGE (the appended list of the comments; "
+                          "MERGE_AND_REPLACE_LIST needs Istio 1.31)")
+        for j, entry in enumerate(entries):
+            if entry.get("terminal") is not True:
+                errors.append(f"{where}: hash_policy[{j}] is not terminal: present headers would be combined")
+        match = patch.get("match", {})
+        rc = match.get("routeConfiguration", {})
+        if match.get("context") != "SIDECAR_OUTBOUND":
+            errors.append(f"{where}: context {match.get('context')}, not SIDECAR_OUTBOUND (the callers' routes)")
+        if "portNumber" in rc:
+            errors.append(f"{where}: portNumber never matches the route configuration of a sniffed port")
+        if not (rc.get("vhost") or {}).get("name"):
+            errors.append(f"{where}: no vhost name: every service of the port would be hashed")
+        if ((rc.get("vhost") or {}).get("route") or {}).get("action") != "ROUTE":
+            errors.append(f"{where}: vhost.route.action is not ROUTE: a redirect or direct response "
+                          "would become a route action without a cluster")
+    return errors
 
 
 def rollout_errors(doc):
@@ -327,11 +393,9 @@ def rollout_errors(doc):
             errors.append(f"failStrategy {wasm.get('failStrategy', 'FAIL_CLOSE (default)')} with {url}: "
                           "a failed fetch answers every request with 403 (docs/deploy.md \"Failure strategy\")")
     if kind == "EnvoyFilter":
+        errors += analyzer_errors(spec) + hash_policy_errors(spec)
         for i, patch in enumerate(spec.get("configPatches", [])):
             op = patch.get("patch", {}).get("operation")
-            # IST0151 (istio/istio pkg/config/analysis/analyzers/envoyfilter/envoyfilter.go).
-            if op in RELATIVE_OPS and not spec.get("priority"):
-                errors.append(f"configPatches[{i}]: IST0151 relative operation {op} without spec.priority")
             value = patch.get("patch", {}).get("value", {})
             if value.get("typed_config", {}).get("@type") == WASM_FILTER:
                 sub = patch.get("match", {}).get("listener", {}).get("filterChain", {}).get("filter", {}).get("subFilter", {})
@@ -362,7 +426,8 @@ def check_rollout_safety(docs):
             if errors:
                 fail(f"{name}: " + "; ".join(errors))
             elif doc["kind"] in ("WasmPlugin", "TrafficExtension", "EnvoyFilter", "Telemetry"):
-                ok(f"{name}: roll-out safe (failure strategy, analyzer rules IST0151/IST0160, filter position)")
+                ok(f"{name}: roll-out safe (failure strategy, analyzer rules IST0151-IST0154/IST0160, "
+                   "filter position, hash policy)")
     # The roll-out starts passive on both sides.
     for label, config, _ in plugin_configs(docs):
         modes = {section: (config.get(section) or {}).get("mode") for section in ("circuit_breaker", "dedup")}
@@ -379,6 +444,17 @@ def check_rollout_safety(docs):
         ("telemetry-access-log.yaml", ["spec", "selector"], DELETE, "IST0160"),
         ("wasmplugin-outbound.yaml", ["spec", "failStrategy"], "FAIL_RELOAD", "403"),
         ("trafficextension-inbound.yaml", ["spec", "wasm", "failStrategy"], DELETE, "403"),
+        ("envoyfilter-hash-policy.yaml", ["spec", "configPatches", 0, "patch", "value", "route", "hash_policy", 0,
+                                          "terminal"], DELETE, "not terminal"),
+        ("envoyfilter-hash-policy.yaml", ["spec", "configPatches", 0, "patch", "operation"], "MERGE_AND_REPLACE_LIST",
+         "not MERGE"),
+        ("envoyfilter-hash-policy.yaml", ["spec", "configPatches", 0, "patch", "operation"], "ADD", "IST0153"),
+        ("envoyfilter-hash-policy.yaml", ["spec", "configPatches", 0, "patch", "operation"], "REMOVE", "IST0154"),
+        ("envoyfilter-hash-policy.yaml", ["spec", "configPatches", 0, "patch", "operation"], "REPLACE", "IST0152"),
+        ("envoyfilter-hash-policy.yaml", ["spec", "configPatches", 0, "match", "routeConfiguration", "portNumber"],
+         8080, "portNumber"),
+        ("envoyfilter-hash-policy.yaml", ["spec", "configPatches", 0, "match", "routeConfiguration", "vhost",
+                                          "route"], DELETE, "not ROUTE"),
     ]
     for file, path, value, expected in cases:
         broken = mutate(load_docs(ROOT / "istio" / file)[0], path, value)
@@ -480,6 +556,85 @@ def check_plugin_configs(docs, wasm, workdir):
         fail(f"{label} with an unknown key passed envoy --mode validate: the check proves nothing")
     else:
         ok(f"broken copy rejected: {label} with an unknown key `circuit_breakers`: Envoy fails to create the plugin")
+
+
+# ---------------------------------------------------------------------------------------------
+# Consistent hashing: the DestinationRule, the hash-policy EnvoyFilter and envoy/outbound.yaml agree
+
+
+def hash_route_bootstrap(hash_policy, ring_size):
+    """A bootstrap with one route carrying `hash_policy` to a RING_HASH cluster (as Istio builds
+    the consumer's cluster from the DestinationRule: pilot/pkg/networking/core/cluster_traffic_policy.go)."""
+    return {
+        "static_resources": {
+            "listeners": [{
+                "name": "outbound", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "outbound",
+                        "route_config": {"virtual_hosts": [{"name": "consumer", "domains": ["*"], "routes": [{
+                            "match": {"prefix": "/"}, "route": {"cluster": "consumer", "hash_policy": hash_policy}}]}]},
+                        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+                    }}]}],
+            }],
+            "clusters": [{
+                "name": "consumer", "type": "STATIC", "connect_timeout": "1s", "lb_policy": "RING_HASH",
+                "ring_hash_lb_config": {"minimum_ring_size": ring_size},
+                "load_assignment": {"cluster_name": "consumer", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
+                    for p in (18081, 18082, 18083)]}]},
+            }],
+        },
+    }
+
+
+def check_hash_policy(docs, workdir):
+    """tests/hash_policy.rs runs these lists in Envoy with three endpoints; here: the files agree,
+    and the list Istio serves after the patch (its own non-terminal entry for the DestinationRule's
+    header, istio/istio pilot/pkg/networking/core/route/route.go ConsistentHashToHashPolicy, then the
+    patch's entries appended by MERGE, pkg/proto/merge/merge.go mergeList) passes envoy --mode validate."""
+    dr = docs[ROOT / "istio" / "destinationrule-event-id.yaml"][0]
+    ef = docs[ROOT / "istio" / "envoyfilter-hash-policy.yaml"][0]
+    inbound = docs[ROOT / "istio" / "wasmplugin-inbound.yaml"][0]
+    outbound = docs[ROOT / "envoy" / "outbound.yaml"][0]
+    consistent = dr["spec"]["trafficPolicy"]["loadBalancer"]["consistentHash"]
+    ring_size = consistent["ringHash"]["minimumRingSize"]
+    patch = next(p for p in ef["spec"]["configPatches"] if p["applyTo"] == "HTTP_ROUTE")
+    entries = patch["patch"]["value"]["route"]["hash_policy"]
+    headers = [e["header"]["header_name"] for e in entries]
+    consumer = inbound["spec"]["pluginConfig"]["dedup"]["headers"]
+    problems = []
+    if headers != consumer:
+        problems.append(f"EnvoyFilter headers {headers} are not the consumer's dedup.headers {consumer}")
+    if consistent.get("httpHeaderName") != consumer[0]:
+        problems.append(f"DestinationRule hashes on {consistent.get('httpHeaderName')}, the consumer keys on {consumer[0]} first")
+    vhost = patch["match"]["routeConfiguration"]["vhost"]["name"]
+    if not re.fullmatch(re.escape(dr["spec"]["host"]) + r":\d+", vhost):
+        problems.append(f"EnvoyFilter vhost {vhost} is not <{dr['spec']['host']}>:<port>")
+    hcm = outbound["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    route = next(r for r in hcm["route_config"]["virtual_hosts"][0]["routes"] if r["name"] == "orders-events")
+    cluster = next(c for c in outbound["static_resources"]["clusters"] if c["name"] == route["route"]["cluster"])
+    if route["route"].get("hash_policy") != entries:
+        problems.append(f"envoy/outbound.yaml hash_policy {route['route'].get('hash_policy')} differs from the EnvoyFilter's")
+    if cluster.get("lb_policy") != "RING_HASH" or cluster.get("ring_hash_lb_config", {}).get("minimum_ring_size") != ring_size:
+        problems.append(f"envoy/outbound.yaml cluster {cluster['name']}: {cluster.get('lb_policy')}, not RING_HASH "
+                        f"with the DestinationRule's ring size {ring_size}")
+    if problems:
+        fail("consistent hashing: " + "; ".join(problems))
+    else:
+        ok(f"consistent hashing: DestinationRule, EnvoyFilter and envoy/outbound.yaml agree on {headers} "
+           f"(the consumer's dedup.headers), ring hash of {ring_size}")
+    served = [{"header": {"header_name": consistent["httpHeaderName"]}}] + entries
+    valid, log = envoy_validate(hash_route_bootstrap(served, ring_size), workdir)
+    (ok if valid else fail)(f"envoyfilter-hash-policy.yaml: the route list after Istio's MERGE ({len(served)} entries) "
+                            + ("passes envoy --mode validate" if valid else f"is REFUSED: {log[-800:]}"))
+    broken = served + [{"header": {"header_name": ""}, "terminal": True}]
+    valid, _ = envoy_validate(hash_route_bootstrap(broken, ring_size), workdir)
+    (fail if valid else ok)("broken copy " + ("NOT rejected" if valid else "rejected")
+                            + " by envoy --mode validate: a hash_policy entry with an empty header name")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -788,6 +943,7 @@ def main():
         check_broken_copies(crds)
         check_rollout_safety(docs)
         check_plugin_configs(docs, wasm, workdir)
+        check_hash_policy(docs, workdir)
         metrics = exported_metrics()
         check_alerts(metrics)
         check_dashboard(metrics, workdir)
