@@ -191,6 +191,20 @@ fn outbound_istio_config_stamps_event_ids_and_meters_the_breaker_without_rejecti
     assert_eq!((fields.len(), fields[0]), (4, "00"), "{traceparent}");
     assert_eq!(line["trace_id"], fields[1], "{traceparent}");
 
+    // An event that already has a key of the consumer's list keeps it: no fresh x-event-id on
+    // each send (which would make every re-send a new event to the consumer).
+    for i in 0..2 {
+        let id = format!("out-idem-{i}");
+        let r = send(
+            envoy.port,
+            &Request::post("/events").header("idempotency-key", "order-7").header("x-correlation-id", &id),
+        );
+        assert_eq!(r.unwrap().status, 200);
+        let received = upstream.last().unwrap();
+        assert_eq!(received.header("x-event-id"), None, "send {i}: no id stamped beside the Idempotency-Key");
+        assert_eq!(received.header("idempotency-key").as_deref(), Some("order-7"));
+    }
+
     // The breaker opens on failures, in stats only: nothing is rejected.
     for i in 0..minimum_calls {
         let r = send(envoy.port, &Request::get(&format!("/charge/{i}?status=500"))).unwrap();
