@@ -509,3 +509,38 @@ fn a_key_split_across_body_chunks_is_the_same_key() {
     assert_eq!(upstream.hits(), 2);
     envoy.wait_metric(&outcome("duplicate"), checked as f64 + 5.0);
 }
+
+/// `body_key` with `fingerprint: "body"`: the key alone no longer decides; the chunk that
+/// completes the body or its first 64 KiB does (the earlier ones, the key's included, go on), and
+/// the same key with another body is a mismatch.
+#[test]
+fn with_a_body_fingerprint_the_body_decides_not_the_key() {
+    support::require_envoy!();
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(r#"{"dedup": {"body_key": "/eventId", "fingerprint": "body"}}"#, upstream.port);
+    let post = |body: &str| send(envoy.port, &json_post("/pay", body.as_bytes())).unwrap();
+    assert_eq!(marker(&post(r#"{"eventId":"fp-1","amount":10}"#)), None);
+    let r = post(r#"{"eventId":"fp-1","amount":99}"#);
+    assert_eq!((r.status, marker(&r).as_deref()), (422, Some("mismatch")));
+    assert_eq!(marker(&post(r#"{"eventId":"fp-1","amount":10}"#)).as_deref(), Some("duplicate"));
+    assert_eq!(upstream.hits(), 1);
+
+    let mut body = br#"{"eventId":"fp-big","payload":""#.to_vec();
+    body.extend(std::iter::repeat_n(b'q', 300_000));
+    body.extend_from_slice(br#""}"#);
+    assert_eq!(marker(&send(envoy.port, &json_post("/pay", body.clone())).unwrap()), None);
+    assert_eq!(upstream.hits(), 2);
+    let headers = [("content-type", "application/json")];
+    let before = upstream_tx(&envoy);
+    let mut upload = Upload::start(envoy.port, "/pay", &headers, Framing::Length(body.len()));
+    upload.write(&body[..8192]);
+    // The key is complete in this piece, yet it goes upstream: the fingerprint needs more.
+    let forwarded = streaming::eventually(10, || upstream_tx(&envoy) >= before + 8192.0);
+    assert!(forwarded, "the first piece was held: {before} -> {}", upstream_tx(&envoy));
+    upload.write_in_pieces(&body[8192..], 16 << 10);
+    let r = upload.finish();
+    assert_eq!((r.status, marker(&r).as_deref()), (200, Some("duplicate")), "{}", r.text());
+    let sent = upstream_tx(&envoy) - before;
+    assert!(sent < 100_000.0, "{sent} bytes went upstream: at most the first 64 KiB expected");
+    assert_eq!(upstream.hits(), 2);
+}
