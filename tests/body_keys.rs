@@ -544,3 +544,28 @@ fn with_a_body_fingerprint_the_body_decides_not_the_key() {
     assert!(sent < 100_000.0, "{sent} bytes went upstream: at most the first 64 KiB expected");
     assert_eq!(upstream.hits(), 2);
 }
+
+/// A structured CloudEvent is keyed by `source` + `id` while `ce-id` is among `headers`, whatever
+/// `body_key` says; without `ce-id` there, `body_key` reads the envelope like any `*+json` body
+/// (e.g. a field of the event's data, as Dapr's envelopes carry it under `data`).
+#[test]
+fn body_key_reads_a_cloudevent_only_when_ce_id_is_not_a_key_header() {
+    support::require_envoy!();
+    let upstream = Upstream::start();
+    let event = |id: &str| json!([{"source": "/checkout", "id": id, "type": "com.example.order.placed", "data": {"orderId": "ord-7"}}]);
+    let a = cloudevent("structured", "/events", &event("uuid-1"));
+    let b = cloudevent("structured", "/events", &event("uuid-2"));
+    // Default headers (ce-id among them): source + id; body_key is not used for it.
+    let envoy = Envoy::start(r#"{"dedup": {"body_key": "/data/orderId"}}"#, upstream.port);
+    assert_eq!(marker(&send(envoy.port, &a).unwrap()), None);
+    assert_eq!(marker(&send(envoy.port, &b).unwrap()), None, "another id is another event");
+    assert_eq!(marker(&send(envoy.port, &a).unwrap()).as_deref(), Some("duplicate"));
+    assert_eq!(upstream.hits(), 2);
+    drop(envoy);
+    // Without ce-id: the data's orderId is the key, so both envelopes are one event.
+    let envoy = Envoy::start(r#"{"dedup": {"headers": ["x-event-id"], "body_key": "/data/orderId"}}"#, upstream.port);
+    assert_eq!(marker(&send(envoy.port, &a).unwrap()), None);
+    let r = send(envoy.port, &b).unwrap();
+    assert_eq!((marker(&r).as_deref(), r.json()["event_id"].as_str()), (Some("duplicate"), Some("ord-7")));
+    assert_eq!(upstream.hits(), 3);
+}
