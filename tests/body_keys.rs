@@ -74,6 +74,19 @@ fn a_structured_cloudevent_redelivered_is_refused_with_the_replayed_status() {
     assert_eq!(upstream.hits(), 1);
     envoy.wait_metric(&outcome("first"), 1.0);
     envoy.wait_metric(&outcome("duplicate"), 3.0);
+    // An empty id is refused; an event without an id has no key (passed, counted missing).
+    let empty = Request::post("/events")
+        .header("content-type", "application/cloudevents+json")
+        .body(&br#"{"specversion":"1.0","source":"/s","id":"","type":"t"}"#[..]);
+    let r = send(envoy.port, &empty).unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json(), json!({"error": "invalid_event_id", "header": "id", "reason": "empty"}));
+    let no_id = Request::post("/events")
+        .header("content-type", "application/cloudevents+json")
+        .body(&br#"{"specversion":"1.0","source":"/s","type":"t"}"#[..]);
+    assert_eq!(marker(&send(envoy.port, &no_id).unwrap()), None);
+    assert_eq!(upstream.hits(), 2);
+    envoy.wait_metric(&outcome("missing"), 1.0);
 }
 
 #[test]
