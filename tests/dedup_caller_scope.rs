@@ -87,7 +87,7 @@ fn keys_are_per_caller_and_a_caller_cannot_probe_another_callers_keys() {
 
     // Nor while one's delivery is in flight: two is not told 409.
     let slow = thread::scope(|s| {
-        let one = s.spawn(|| post(&envoy, &certs, "one", "/pay?delay_ms=1500", &key("f-1"), ""));
+        let one = s.spawn(|| post(&envoy, &certs, "one", "/pay?delay_ms=2500", &key("f-1"), ""));
         assert!(upstream.wait_for_hits(6, Duration::from_secs(10)), "caller one's delivery in flight");
         let two = post(&envoy, &certs, "two", "/pay", &key("f-1"), "");
         assert_eq!((two.status, marker(&two)), (200, None), "caller two saw caller one's in-flight key");
@@ -97,7 +97,7 @@ fn keys_are_per_caller_and_a_caller_cannot_probe_another_callers_keys() {
     assert_eq!(upstream.hits(), 7);
     // While caller one's own redelivery of an in-flight key is 409 (the scope still holds it).
     thread::scope(|s| {
-        let first = s.spawn(|| post(&envoy, &certs, "one", "/pay?delay_ms=1500", &key("f-2"), ""));
+        let first = s.spawn(|| post(&envoy, &certs, "one", "/pay?delay_ms=2500", &key("f-2"), ""));
         assert!(upstream.wait_for_hits(8, Duration::from_secs(10)));
         let again = post(&envoy, &certs, "one", "/pay", &key("f-2"), "");
         assert_eq!((again.status, marker(&again).as_deref()), (409, Some("in-flight")));

@@ -120,9 +120,9 @@ fn run(mode: &str) -> Vec<(&'static str, f64)> {
         assert_eq!(line["dedup"], would, "{mode} {}", s.name);
     }
     let race = thread::scope(|scope| {
-        let slow = scope.spawn(|| send(envoy.port, &keyed("/a?delay_ms=1000", "f-1")).unwrap());
+        let slow = scope.spawn(|| send(envoy.port, &keyed("/a?delay_ms=2000", "f-1")).unwrap());
         assert!(upstream.wait_for_hits(expected_hits + 1, Duration::from_secs(10)), "{mode}: slow delivery");
-        let copy = send(envoy.port, &keyed("/a?delay_ms=1000", "f-1")).unwrap();
+        let copy = send(envoy.port, &keyed("/a?delay_ms=2000", "f-1")).unwrap();
         (slow.join().unwrap(), copy)
     });
     let (slow, copy) = race;
