@@ -72,3 +72,16 @@ if [ "${MESHGUARD_SETUP:-}" != functions ]; then
   ensure_envoy
   ensure_curl
 fi
+
+# The CloudEvents Python SDK (2.x, whose `cloudevents.core` API tests/support/cloudevents_http.py
+# uses) makes the CloudEvents of tests/body_keys.rs. Installed only when missing (or 1.x).
+ensure_cloudevents() {
+  if ! python3 -c 'import cloudevents.core.bindings.http' >/dev/null 2>&1; then
+    echo "setup: installing the CloudEvents Python SDK (pip install 'cloudevents>=2')"
+    python3 -m pip install --quiet --disable-pip-version-check 'cloudevents>=2,<3'
+  fi
+}
+
+if [ "${MESHGUARD_SETUP:-}" != functions ]; then
+  ensure_cloudevents
+fi
