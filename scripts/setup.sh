@@ -58,12 +58,18 @@ ensure_wrk() {
 }
 
 # The real peers of the integration tests, from PyPI: grpcio, the gRPC client and server between
-# which tests/grpc.rs runs meshguard (tests/support/grpc_peer.py).
+# which tests/grpc.rs runs meshguard (tests/support/grpc_peer.py); the CloudEvents SDK (2.x, whose
+# `cloudevents.core` API tests/support/cloudevents_http.py uses), which makes the events of
+# tests/body_keys.rs. Installed only when missing.
 GRPCIO_VERSION=1.85.3
 ensure_test_peers() {
   if ! python3 -c 'import grpc' >/dev/null 2>&1; then
     echo "setup: installing grpcio ${GRPCIO_VERSION} (pip install grpcio==${GRPCIO_VERSION})"
     python3 -m pip install --quiet --disable-pip-version-check "grpcio==${GRPCIO_VERSION}"
+  fi
+  if ! python3 -c 'import cloudevents.core.bindings.http' >/dev/null 2>&1; then
+    echo "setup: installing the CloudEvents Python SDK (pip install 'cloudevents>=2,<3')"
+    python3 -m pip install --quiet --disable-pip-version-check 'cloudevents>=2,<3'
   fi
 }
 
@@ -71,17 +77,4 @@ if [ "${MESHGUARD_SETUP:-}" != functions ]; then
   ensure_rust_targets
   ensure_envoy
   ensure_curl
-fi
-
-# The CloudEvents Python SDK (2.x, whose `cloudevents.core` API tests/support/cloudevents_http.py
-# uses) makes the CloudEvents of tests/body_keys.rs. Installed only when missing (or 1.x).
-ensure_cloudevents() {
-  if ! python3 -c 'import cloudevents.core.bindings.http' >/dev/null 2>&1; then
-    echo "setup: installing the CloudEvents Python SDK (pip install 'cloudevents>=2')"
-    python3 -m pip install --quiet --disable-pip-version-check 'cloudevents>=2,<3'
-  fi
-}
-
-if [ "${MESHGUARD_SETUP:-}" != functions ]; then
-  ensure_cloudevents
 fi
