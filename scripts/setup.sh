@@ -67,6 +67,12 @@ ensure_test_peers() {
     echo "setup: installing grpcio ${GRPCIO_VERSION} (pip install grpcio==${GRPCIO_VERSION})"
     python3 -m pip install --quiet --disable-pip-version-check "grpcio==${GRPCIO_VERSION}"
   fi
+  # nghttp: an HTTP/2 client that keeps a reply followed by RST_STREAM(NO_ERROR), as RFC 9113
+  # requires (tests/dedup_key_lines.rs).
+  if ! command -v nghttp >/dev/null 2>&1; then
+    echo "setup: installing nghttp2-client (apt-get)"
+    apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null
+  fi
   if ! python3 -c 'import cloudevents.core.bindings.http' >/dev/null 2>&1; then
     echo "setup: installing the CloudEvents Python SDK (pip install 'cloudevents>=2,<3')"
     python3 -m pip install --quiet --disable-pip-version-check 'cloudevents>=2,<3'

@@ -261,6 +261,12 @@ impl Stream {
             fx.request_headers.clear();
             self.reply(plugin, &r, trace_id.as_deref())
         });
+        // A reply decided here goes at once, body or not: Envoy does not hand a filter the body
+        // of a request whose headers it holds (proxy-wasm turns a pause at the headers into
+        // StopAllIterationAndWatermark), so the reply cannot wait for the end of an upload the
+        // way a reply decided on a body chunk does. An HTTP/2 upload in progress is then reset
+        // after the complete reply (RST_STREAM NO_ERROR), which clients must not take for an
+        // error (RFC 9113 §8.1); curl 7.88 does (docs/body-keys.md).
         self.apply(plugin, host, fx, reply.as_ref());
         if reply.is_some() {
             Verdict::Stop

@@ -6,7 +6,7 @@
 //!
 //! Invariants: the first present header of the list decides; a key header (or `ce-source`) on
 //! more than one line is invalid; a valid key is 1-255 bytes of visible ASCII (CloudEvents:
-//! `ce-source`, a space, `ce-id`, each percent-decoded); the event id for logs is the decoded
+//! `ce-source` length-prefixed, then `ce-id`, each percent-decoded); the event id for logs is the decoded
 //! value; an Idempotency-Key re-encoded as an sf-string gives the same key back;
 //! `Missing` only when no listed header is present; the key id and fingerprint are deterministic
 //! and the fingerprint is never 0 (0 means "none").
@@ -96,8 +96,9 @@ fuzz_target!(|data: &[u8]| {
                 let source = headers.get("ce-source").unwrap_or_default();
                 assert!(source.is_empty() || valid_value(source));
                 assert!(valid_value(raw));
-                let mut expected = percent_decode(source).expect("a valid source decodes");
-                expected.push(b' ');
+                let source = percent_decode(source).expect("a valid source decodes");
+                let mut expected = (source.len() as u32).to_le_bytes().to_vec();
+                expected.extend_from_slice(&source);
                 let id = percent_decode(raw).expect("a valid id decodes");
                 expected.extend_from_slice(&id);
                 assert_eq!(*key, expected);

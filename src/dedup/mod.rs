@@ -74,8 +74,8 @@ pub enum Key {
     Missing,
     /// `header` is present but its value is not a valid key.
     Invalid { header: String, reason: &'static str },
-    /// The key (`ce-source` and `ce-id` joined by a space for CloudEvents) and the header's value
-    /// as it goes into logs.
+    /// The key (for CloudEvents, `ce-source` length-prefixed, then `ce-id`) and the event id as
+    /// it goes into logs.
     Valid { key: Vec<u8>, event_id: String },
 }
 
@@ -144,13 +144,15 @@ fn cloudevent_key(headers: &HeaderMap, raw_id: &[u8]) -> Key {
 }
 
 /// The key of the CloudEvent `source` + `id` (decoded), from headers or from a JSON body alike.
+/// The source is length-prefixed: joined with a separator, (`/orders a`, `b`) and (`/orders`,
+/// `a b`) would be one key, and the second event answered as a duplicate of the first.
 pub fn cloudevent(source: &[u8], id: &[u8]) -> Result<Key, &'static str> {
     if let Some(reason) = invalid_text(id) {
         return Err(reason);
     }
-    let mut key = Vec::with_capacity(source.len() + 1 + id.len());
+    let mut key = Vec::with_capacity(4 + source.len() + id.len());
+    key.extend_from_slice(&(source.len() as u32).to_le_bytes());
     key.extend_from_slice(source);
-    key.push(b' ');
     key.extend_from_slice(id);
     Ok(Key::Valid { key, event_id: String::from_utf8_lossy(id).into_owned() })
 }

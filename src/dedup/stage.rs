@@ -87,7 +87,12 @@ fn is_batch(content_type: &[u8]) -> bool {
 fn body_event_key(found: Vec<Found>, source: BodySource) -> Key {
     let too_long = || Key::Invalid { header: "body".into(), reason: "longer than 255 bytes" };
     match (source, found.as_slice()) {
-        (BodySource::CloudEvent, [Found::Value(source), Found::Value(id)]) => {
+        (BodySource::CloudEvent, [source @ (Found::Value(_) | Found::Missing), Found::Value(id)]) => {
+            // No `source` keys like a binary-mode event without `ce-source`: an empty source.
+            let source = match source {
+                Found::Value(source) => source.as_slice(),
+                _ => &[],
+            };
             super::cloudevent(source, id).unwrap_or_else(|reason| Key::Invalid { header: "id".into(), reason })
         }
         (BodySource::CloudEvent, [_, Found::TooLong] | [Found::TooLong, _]) => too_long(),

@@ -25,9 +25,13 @@ fn first_present_header_of_the_list_is_the_key() {
     let k = key_of(&[("idempotency-key", b"plain")]);
     assert_eq!(k, Key::Valid { key: b"plain".to_vec(), event_id: "plain".into() });
     let k = key_of(&[("ce-id", b"42"), ("ce-source", b"/orders")]);
-    assert_eq!(k, Key::Valid { key: b"/orders 42".to_vec(), event_id: "42".into() });
-    // Same ce-id from another source is another event.
+    assert_eq!(k, Key::Valid { key: b"\x07\0\0\0/orders42".to_vec(), event_id: "42".into() });
+    // Same ce-id from another source is another event; and no source and id join alike.
     assert_ne!(k, key_of(&[("ce-id", b"42"), ("ce-source", b"/billing")]));
+    assert_ne!(
+        key_of(&[("ce-id", b"b"), ("ce-source", b"/orders%20a")]),
+        key_of(&[("ce-id", b"a%20b"), ("ce-source", b"/orders")])
+    );
 }
 
 #[test]
