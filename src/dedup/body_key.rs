@@ -491,36 +491,13 @@ impl Scan {
                 b'\\' => next.0 = 1,
                 0x00..=0x1F => return false,
                 0x20..=0x7F => self.keep(b),
-                // UTF-8 lead bytes and the range of the first continuation byte.
-                0xC2..=0xDF => {
+                _ => {
+                    let Some((utf8, lo, hi)) = utf8_lead(b) else {
+                        return false;
+                    };
                     self.keep(b);
-                    next = (0, 0, None, 1, 0x80, 0xBF);
+                    next = (0, 0, None, utf8, lo, hi);
                 }
-                0xE0 => {
-                    self.keep(b);
-                    next = (0, 0, None, 2, 0xA0, 0xBF);
-                }
-                0xE1..=0xEC | 0xEE..=0xEF => {
-                    self.keep(b);
-                    next = (0, 0, None, 2, 0x80, 0xBF);
-                }
-                0xED => {
-                    self.keep(b);
-                    next = (0, 0, None, 2, 0x80, 0x9F);
-                }
-                0xF0 => {
-                    self.keep(b);
-                    next = (0, 0, None, 3, 0x90, 0xBF);
-                }
-                0xF1..=0xF3 => {
-                    self.keep(b);
-                    next = (0, 0, None, 3, 0x80, 0xBF);
-                }
-                0xF4 => {
-                    self.keep(b);
-                    next = (0, 0, None, 3, 0x80, 0x8F);
-                }
-                _ => return false,
             }
         }
         let (escape, unit, high, utf8, lo, hi) = next;
@@ -589,6 +566,22 @@ impl Scan {
         }
         true
     }
+}
+
+/// A UTF-8 lead byte (RFC 3629 §4): the continuation bytes that follow it, and the range the
+/// first of them must be in (which rules out overlong forms and surrogates); `None` for a byte
+/// that cannot start a character.
+fn utf8_lead(b: u8) -> Option<(u8, u8, u8)> {
+    Some(match b {
+        0xC2..=0xDF => (1, 0x80, 0xBF),
+        0xE0 => (2, 0xA0, 0xBF),
+        0xE1..=0xEC | 0xEE..=0xEF => (2, 0x80, 0xBF),
+        0xED => (2, 0x80, 0x9F),
+        0xF0 => (3, 0x90, 0xBF),
+        0xF1..=0xF3 => (3, 0x80, 0xBF),
+        0xF4 => (3, 0x80, 0x8F),
+        _ => return None,
+    })
 }
 
 fn number_step(state: Num, b: u8) -> Option<Num> {
