@@ -783,6 +783,7 @@ def report(args, command, info, rows, samples, rss, counts, notes, fills):
     print()
     print("| row | what | proto | CPU µs/req | CPU range | CPU ratio | req/s | p50 µs | p99 µs | RSS MB | host calls/req | VM entries/req |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = [r for r in rows if r.proto == "h1"] + [r for r in rows if r.proto == "h2"]
     for r in rows:
         cpu = [s["cpu_us"] for s in samples[r.name]]
         base = bases[r.proto]
