@@ -503,15 +503,18 @@ def fill_store(row, envoy, args, workdir):
     entries = row.config.store_entries()
     target = args.store_fill * 3 * entries
     started = time.time()
-    while True:
-        held = envoy.stat("wasmcustom.meshguard_dedup_entries")
-        if held >= target:
-            break
+    chunk = 1  # seconds of load between two reads of the gauge: 1, then what the rate suggests, at most 5
+    held = envoy.stat("wasmcustom.meshguard_dedup_entries")
+    while held < target:
         if time.time() - started > args.fill_timeout:
             print(f"{row.name}: store fill stopped after {args.fill_timeout} s at {held} entries", file=sys.stderr)
             break
-        run_load(row, envoy, 5, args, workdir)
-        print(f"{row.name}: store {held} -> {envoy.stat('wasmcustom.meshguard_dedup_entries')} of {3 * entries} slots", file=sys.stderr)
+        run_load(row, envoy, chunk, args, workdir)
+        now = envoy.stat("wasmcustom.meshguard_dedup_entries")
+        print(f"{row.name}: store {held} -> {now} of {3 * entries} slots", file=sys.stderr)
+        rate = max(now - held, 1) / chunk
+        chunk = max(1, min(5, round((target - now) / rate)))
+        held = now
     return time.time() - started
 
 
