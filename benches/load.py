@@ -642,7 +642,9 @@ def main():
             desc = f"variant {os.path.basename(path)} {config or '{}'}"
         if like:
             desc += f" ({like}'s requests)"
-        CONFIGS[name] = Config(desc, filters, load=base.load, path=base.path, local=base.local)
+        # Envoy alone or the empty filter answers 200 where the configuration replied itself.
+        local = base.local and path not in ("none", "empty")
+        CONFIGS[name] = Config(desc, filters, load=base.load, path=base.path, local=local)
         if args.only is not None:
             args.only.append(name)
 
