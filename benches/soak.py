@@ -68,7 +68,7 @@ def store_bytes_bound(max_entries):
     slots = max(max_entries, 1) * HEADROOM
     per_bucket = min(PER_BUCKET, slots)
     buckets = -(-slots // per_bucket)
-    return buckets * (2 + per_bucket * ENTRY_BYTES + 200)
+    return buckets * (2 * (2 + per_bucket * ENTRY_BYTES) + 200)
 
 
 def plugin_config(max_entries):

@@ -91,7 +91,7 @@ fn layout_has_headroom_over_max_entries_and_a_bound() {
     }
     assert_eq!(Layout::new(1), Layout { buckets: 1, per_bucket: 3 });
     assert_eq!(Layout::new(100_000), Layout { buckets: 18_750, per_bucket: 16 });
-    assert_eq!(Layout::new(100_000).bytes_bound(), 18_750 * (2 + 16 * 47 + 200));
+    assert_eq!(Layout::new(100_000).bytes_bound(), 18_750 * (2 * (2 + 16 * 47) + 200));
 }
 
 /// The store in memory, filled as requests would fill it: `n` unique keys of one rule inside one
