@@ -199,6 +199,24 @@ fn benches(c: &mut Criterion) {
         })
     });
 
+    // A key in a 1 KiB JSON event (the load benchmark's body-key row): the scan stops at the key
+    // (first member), then at the end of a body that has it last.
+    let first = format!(r#"{{"eventId":"evt_789012","eventType":"OrderPlaced","data":"{}"}}"#, "x".repeat(960));
+    let last = format!(r#"{{"eventType":"OrderPlaced","data":"{}","eventId":"evt_789012"}}"#, "x".repeat(960));
+    let pointer = [dedup::body_key::Pointer::parse("/eventId").unwrap()];
+    for (what, body) in [("first member", &first), ("last member", &last)] {
+        c.bench_function(&format!("dedup/body key of a 1 KiB JSON event, {what}, and its 128-bit id"), |b| {
+            b.iter(|| {
+                let mut scan = dedup::body_key::Scan::new(&pointer);
+                scan.feed(black_box(body.as_bytes()));
+                match scan.finish().first() {
+                    Some(dedup::body_key::Found::Value(key)) => dedup::key_id("payments", None, key),
+                    _ => 0,
+                }
+            })
+        });
+    }
+
     let line = RequestLog {
         correlation_id: "6b7c2a32-1b1f-4a44-9d1e-0f64e0f6f1a2",
         rule: "payments",

@@ -130,8 +130,9 @@ def otel_tracing():
 class Config:
     """One Envoy of the benchmark: the HTTP filters before the router, HCM settings, and the
     requests that drive it: `load` 'get' (GET `path`), 'unique' (POST, a fresh x-event-id per
-    request) or 'same' (POST, always the same x-event-id); `local`: every answer is meshguard's
-    own reply (an error status by design)."""
+    request), 'same' (POST, always the same x-event-id), 'json-header' or 'json-body' (POST of a
+    1 KiB JSON event, a fresh id per request in `x-event-id` or in the body's `eventId`);
+    `local`: every answer is meshguard's own reply (an error status by design)."""
 
     def __init__(self, desc, filters, load="get", path="/", local=False, hcm=None, otel=False):
         self.desc, self.filters, self.load, self.path, self.local = desc, filters, load, path, local
@@ -146,7 +147,7 @@ class Config:
 
     def store_entries(self):
         """max_entries of meshguard's dedup store when this configuration fills it (unique keys)."""
-        if self.load != "unique":
+        if self.load not in ("unique", "json-header", "json-body"):
             return None
         for f in self.filters:
             if f["name"] != "meshguard":
@@ -236,7 +237,20 @@ CONFIGS = {
         load="unique",
     ),
     "log-line": Config("meshguard + one JSON log line per request", meshguard('{"log": {"requests": true}}')),
+    "key-header-1k": Config(
+        "meshguard dedup, POST of a 1 KiB JSON event, a first-seen key in x-event-id",
+        meshguard('{"dedup": {"body_key": "/eventId", "max_entries": 1000}}'),
+        load="json-header",
+    ),
+    "key-body-1k": Config(
+        "meshguard dedup, POST of a 1 KiB JSON event, a first-seen key in the body (body_key /eventId)",
+        meshguard('{"dedup": {"body_key": "/eventId", "max_entries": 1000}}'),
+        load="json-body",
+    ),
 }
+
+# The 1 KiB JSON event of the json-* loads: `eventId` first, then padding in `data`.
+JSON_PAD = "x" * 960
 H2_DEFAULT = ["envoy", "empty-wasm", "trace+corr"]
 
 
@@ -409,6 +423,20 @@ request = function()
   return wrk.format("POST", nil, {{["x-event-id"] = "{token}-" .. n}}, "")
 end
 """
+    if load in ("json-header", "json-body"):
+        token = uuid.uuid4().hex[:16]
+        in_body = load == "json-body"
+        return f"""
+local n = 0
+request = function()
+  n = n + 1
+  local id = "{token}-" .. n
+  local body = '{{"eventId":"' .. {'id' if in_body else '"none"'} .. '","eventType":"OrderPlaced","data":"{JSON_PAD}"}}'
+  local headers = {{["content-type"] = "application/json"}}
+  {'' if in_body else 'headers["x-event-id"] = id'}
+  return wrk.format("POST", nil, headers, body)
+end
+"""
     if load == "same":
         return """
 request = function()
@@ -525,6 +553,13 @@ def send_h1(port, config, n):
     for i in range(n):
         if config.load == "get":
             conn.request("GET", config.path)
+        elif config.load.startswith("json-"):
+            event = f"count-{token}-{i}"
+            body = json.dumps({"eventId": event if config.load == "json-body" else "none", "eventType": "OrderPlaced", "data": JSON_PAD})
+            headers = {"content-type": "application/json"}
+            if config.load == "json-header":
+                headers["x-event-id"] = event
+            conn.request("POST", config.path, body=body.encode(), headers=headers)
         else:
             event = f"count-{token}-{i}" if config.load == "unique" else "the-same-event"
             conn.request("POST", config.path, body=b"", headers={"x-event-id": event, "content-length": "0"})

@@ -258,7 +258,7 @@ impl Stream {
         }
         let reply = refusal.map(|r| {
             // The request goes nowhere: writing its headers would only make Envoy match it again.
-            fx.request_headers.clear();
+            fx.drop_request_headers();
             self.reply(plugin, &r, trace_id.as_deref())
         });
         // A reply decided here goes at once, body or not: Envoy does not hand a filter the body
