@@ -62,6 +62,7 @@ end
 """
 
 SINK_CLUSTER = "otel_sink"
+UPSTREAM_CLUSTER = "bench_upstream"
 
 
 def wasm_filter(name, path, config):
@@ -134,8 +135,11 @@ class Config:
     1 KiB JSON event, a fresh id per request in `x-event-id` or in the body's `eventId`);
     `local`: every answer is meshguard's own reply (an error status by design)."""
 
-    def __init__(self, desc, filters, load="get", path="/", local=False, hcm=None, otel=False):
+    def __init__(self, desc, filters, load="get", path="/", local=False, hcm=None, otel=False, upstream=False):
         self.desc, self.filters, self.load, self.path, self.local = desc, filters, load, path, local
+        # Proxied to the sink Envoy (which answers at once) instead of a direct response: Envoy
+        # reads the request body only for a request it forwards.
+        self.upstream = upstream
         self.hcm = dict(hcm or {})
         self.otel = otel
         if otel:
@@ -241,11 +245,13 @@ CONFIGS = {
         "meshguard dedup, POST of a 1 KiB JSON event, a first-seen key in x-event-id",
         meshguard('{"dedup": {"body_key": "/eventId", "max_entries": 1000}}'),
         load="json-header",
+        upstream=True,
     ),
     "key-body-1k": Config(
         "meshguard dedup, POST of a 1 KiB JSON event, a first-seen key in the body (body_key /eventId)",
         meshguard('{"dedup": {"body_key": "/eventId", "max_entries": 1000}}'),
         load="json-body",
+        upstream=True,
     ),
 }
 
@@ -287,12 +293,26 @@ def listener(name, port, hcm):
     }
 
 
-def bootstrap(port, admin, config, sink_port=None, otel_flush_spans=None):
+def bootstrap(port, admin, config, sink_port=None, otel_flush_spans=None, upstream_port=None):
     routes = [{"name": "bench", "match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]
+    if config.upstream:
+        routes = [{"name": "bench", "match": {"prefix": "/"}, "route": {"cluster": UPSTREAM_CLUSTER}}]
     b = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {"listeners": [listener("bench", port, hcm_filter("bench", routes, config.filters, config.hcm))]},
     }
+    if config.upstream:
+        b["static_resources"]["clusters"] = [
+            {
+                "name": UPSTREAM_CLUSTER,
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "load_assignment": {
+                    "cluster_name": UPSTREAM_CLUSTER,
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream_port}}}}]}],
+                },
+            }
+        ]
     if config.otel:
         b["static_resources"]["clusters"] = [
             {
@@ -316,6 +336,15 @@ def bootstrap(port, admin, config, sink_port=None, otel_flush_spans=None):
                 "layers": [{"name": "bench", "static_layer": {"tracing.opentelemetry.min_flush_spans": otel_flush_spans}}]
             }
     return b
+
+
+def upstream_bootstrap(port, admin):
+    """The upstream of the rows that forward their requests: an Envoy answering 200 at once."""
+    routes = [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {"listeners": [listener("upstream", port, hcm_filter("upstream", routes, [], {"generate_request_id": False}))]},
+    }
 
 
 def sink_bootstrap(port, admin):
@@ -708,16 +737,21 @@ def main():
     info["load_before"] = procstat.loadavg()
     info["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     workdir = tempfile.mkdtemp(prefix="meshguard-bench-")
-    envoys, sink = {}, None
+    envoys, sink, upstream = {}, None, None
     started = time.time()
     try:
         configs = list(dict.fromkeys(r.config_name for r in rows))
         if any(CONFIGS[c].otel for c in configs):
             sink_port, sink_admin = free_port(), free_port()
             sink = Envoy("otel-sink", sink_bootstrap(sink_port, sink_admin), workdir, cpu="1", port=sink_port, admin=sink_admin)
+        if any(CONFIGS[c].upstream for c in configs):
+            up_port, up_admin = free_port(), free_port()
+            upstream = Envoy("upstream", upstream_bootstrap(up_port, up_admin), workdir, cpu="1", port=up_port, admin=up_admin)
         for c in configs:
             port, admin = free_port(), free_port()
-            b = bootstrap(port, admin, CONFIGS[c], sink.port if sink else None, args.otel_flush_spans)
+            b = bootstrap(
+                port, admin, CONFIGS[c], sink.port if sink else None, args.otel_flush_spans, upstream.port if upstream else None
+            )
             envoys[c] = Envoy(c, b, workdir, port=port, admin=admin)
         fills = {}
         if args.store_fill > 0:
@@ -751,6 +785,8 @@ def main():
             e.stop()
         if sink:
             sink.stop()
+        if upstream:
+            upstream.stop()
 
     report(args, command, info, rows, samples, rss, counts, notes, fills)
     if args.json:

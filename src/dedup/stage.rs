@@ -328,9 +328,6 @@ impl DedupStage {
             },
             (None, None) => return None,
         };
-        if self.event_id.is_none() {
-            fx.state(state::EVENT_ID, key.1.as_bytes());
-        }
         let print = match rule.config.fingerprint {
             Fingerprint::None => 0,
             Fingerprint::MethodPath => fingerprint(&pending.method, &pending.path, None),
