@@ -54,6 +54,7 @@ fn counter(envoy: &Envoy, name: &str, rule: &str) -> f64 {
 
 #[test]
 fn trailers_only_unavailable_opens_the_circuit_and_the_client_decodes_unavailable_with_pushback() {
+    support::require_envoy!();
     let m = mesh(&grpc_rule(r#"{"consecutive_failures": 3, "open_duration": "30s"}"#, r#""disabled""#));
     // Every call ends in a trailers-only response: the server sets a status before any message.
     let ending = |tag: &str, code: &str| {
@@ -117,6 +118,7 @@ fn trailers_only_unavailable_opens_the_circuit_and_the_client_decodes_unavailabl
 
 #[test]
 fn a_grpc_caller_gets_unavailable_whatever_http_status_the_open_circuit_has() {
+    support::require_envoy!();
     // Envoy would translate an HTTP 500 local reply to a gRPC caller into UNKNOWN (2): meshguard
     // sends the gRPC status itself. HTTP callers get the configured status.
     let m = mesh(r#"{"circuit_breaker": {"mode": "forced_open", "open_status": 500, "open_duration": "7s"}}"#);
@@ -133,6 +135,7 @@ fn a_grpc_caller_gets_unavailable_whatever_http_status_the_open_circuit_has() {
 
 #[test]
 fn server_streaming_is_judged_by_the_status_in_the_trailers() {
+    support::require_envoy!();
     let m = mesh(&grpc_rule(r#"{"consecutive_failures": 3, "open_duration": "30s"}"#, r#""disabled""#));
     let streamed = |tag: &str, code: &str| {
         Call::new(STREAM, json!({"tag": tag, "messages": 3, "code": code, "details": "broke"}))
@@ -195,6 +198,7 @@ fn assert_abandoned(m: &Mesh, tags: &[&str]) {
 
 #[test]
 fn client_deadlines_and_cancels_are_neutral_and_never_open_the_circuit() {
+    support::require_envoy!();
     let m = mesh(&grpc_rule(
         r#"{"consecutive_failures": 3, "minimum_calls": 2, "failure_rate_threshold": 50, "slow_call_duration": "500ms"}"#,
         r#""disabled""#,
@@ -290,6 +294,7 @@ fn client_deadlines_and_cancels_are_neutral_and_never_open_the_circuit() {
 /// others, counted as failures.)
 #[test]
 fn deadlines_the_server_also_enforces_are_neutral() {
+    support::require_envoy!();
     let m = mesh(&grpc_rule(r#"{"minimum_calls": 1000, "slow_call_duration": "2s"}"#, r#""disabled""#));
     let tags: Vec<String> = (0..40).map(|i| format!("deadline-{i}")).collect();
     let calls: Vec<Call> = tags
@@ -327,6 +332,7 @@ fn delivery(method: &str, tag: &str, event_id: &str, request: serde_json::Value)
 
 #[test]
 fn dedup_settles_a_grpc_key_by_grpc_status_and_refuses_with_grpc_codes() {
+    support::require_envoy!();
     let m = mesh(&grpc_rule(r#""disabled""#, "{}"));
     // A failed call (HTTP 200, grpc-status 14) releases its key: the redelivery is processed.
     let results = run(
@@ -390,6 +396,7 @@ fn dedup_settles_a_grpc_key_by_grpc_status_and_refuses_with_grpc_codes() {
 
 #[test]
 fn dedup_refuses_a_reused_or_invalid_grpc_key_with_grpc_codes() {
+    support::require_envoy!();
     let m = mesh(&grpc_rule(r#""disabled""#, r#"{"fingerprint": "method_path"}"#));
     let long_id = "k".repeat(256);
     let results = run(
@@ -433,6 +440,7 @@ fn curl_giving_up(port: u16, path: &str, http2: bool, correlation_id: &str) -> i
 
 #[test]
 fn http_callers_timing_out_on_a_slow_healthy_route_never_open_the_circuit() {
+    support::require_envoy!();
     let m = mesh(
         r#"{"circuit_breaker": {"consecutive_failures": 3, "minimum_calls": 2, "failure_rate_threshold": 50,
                                 "slow_call_duration": "2s"}}"#,
@@ -533,6 +541,7 @@ static_resources:
 
 #[test]
 fn one_call_through_a_retrying_caller_sidecar_meets_an_open_circuit_once() {
+    support::require_envoy!();
     // The consumer's sidecar: meshguard with the circuit forced open, for gRPC and HTTP alike.
     let consumer = mesh(
         r#"{"circuit_breaker": {"mode": "forced_open", "open_duration": "20s"},
@@ -625,6 +634,7 @@ fn one_call_through_a_retrying_caller_sidecar_meets_an_open_circuit_once() {
 
 #[test]
 fn a_caller_side_meshguard_sees_one_call_and_the_outcome_after_envoys_retries() {
+    support::require_envoy!();
     // meshguard in the caller's sidecar, whose router retries as Istio's default policy does;
     // the server fails the first attempts of a call with UNAVAILABLE.
     let server = GrpcServer::start();
