@@ -28,8 +28,12 @@ fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
     let mut i = 0;
     while i < raw.len() {
         if raw[i] == b'%' {
-            let hex = std::str::from_utf8(raw.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            let hex = raw.get(i + 1..i + 3)?;
+            // Two hex digits exactly (from_str_radix alone would take a sign: "%+e").
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(raw[i]);
