@@ -152,13 +152,18 @@ impl Plugin {
         self.dedup_store.as_ref().map(|(layout, _)| *layout)
     }
 
+    /// Rule `rule` (the default rule at `config.rules.len()`), by index: no walk over the rules.
+    fn rule(&self, rule: usize) -> &crate::config::Rule {
+        self.config.rule(Some(rule))
+    }
+
     fn rule_name(&self, rule: usize) -> &str {
-        &self.config.rule(Some(rule).filter(|r| *r < self.config.rules.len())).name
+        &self.rule(rule).name
     }
 
     /// Rule `rule`'s circuit, when it has a breaker.
     fn circuit(&self, rule: usize) -> Option<CircuitRule<'_>> {
-        let config = self.config.all_rules().nth(rule)?.circuit_breaker.as_ref()?;
+        let config = self.rule(rule).circuit_breaker.as_ref()?;
         Some(CircuitRule {
             name: self.rule_name(rule),
             config,
@@ -170,7 +175,7 @@ impl Plugin {
 
     /// Rule `rule`'s dedup, when it has one.
     fn dedup(&self, rule: usize) -> Option<DedupRule<'_>> {
-        let config = self.config.all_rules().nth(rule)?.dedup.as_ref()?;
+        let config = self.rule(rule).dedup.as_ref()?;
         let (layout, keys) = self.dedup_store.as_ref()?;
         Some(DedupRule {
             name: self.rule_name(rule),
@@ -506,30 +511,37 @@ fn grpc_status(value: Option<Vec<u8>>) -> Option<u32> {
     Some(std::str::from_utf8(&value).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(2))
 }
 
-/// Request facts for rule matching: headers from the map read once, properties from the host on
-/// first use (each is a host call), then cached for the rest of matching.
+/// Request facts for rule matching: headers looked up in the map read once (each at most once,
+/// however many rules ask: 256 rules on a path prefix must not scan the map 256 times),
+/// properties from the host on first use (each is a host call), then cached.
 struct LazyFacts<'a, H: Host> {
     headers: &'a HeaderMap,
     host: &'a mut H,
+    method: Option<Option<&'a [u8]>>,
+    path: Option<Option<&'a [u8]>>,
+    authority: Option<Option<&'a [u8]>>,
     route_name: Option<Option<Vec<u8>>>,
     cluster: Option<Option<Vec<u8>>>,
 }
 
 impl<'a, H: Host> LazyFacts<'a, H> {
     fn new(headers: &'a HeaderMap, host: &'a mut H) -> Self {
-        LazyFacts { headers, host, route_name: None, cluster: None }
+        LazyFacts { headers, host, method: None, path: None, authority: None, route_name: None, cluster: None }
     }
 }
 
 impl<H: Host> Facts for LazyFacts<'_, H> {
     fn method(&mut self) -> Option<&[u8]> {
-        self.headers.get(":method")
+        let headers = self.headers;
+        *self.method.get_or_insert_with(|| headers.get(":method"))
     }
     fn path(&mut self) -> Option<&[u8]> {
-        self.headers.get(":path")
+        let headers = self.headers;
+        *self.path.get_or_insert_with(|| headers.get(":path"))
     }
     fn authority(&mut self) -> Option<&[u8]> {
-        self.headers.get(":authority")
+        let headers = self.headers;
+        *self.authority.get_or_insert_with(|| headers.get(":authority"))
     }
     fn route_name(&mut self) -> Option<&[u8]> {
         self.route_name.get_or_insert_with(|| self.host.property(&["xds", "route_name"])).as_deref()
