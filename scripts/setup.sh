@@ -58,7 +58,8 @@ ensure_wrk() {
 }
 
 # The real peers of the integration tests, from PyPI: grpcio, the gRPC client and server between
-# which tests/grpc.rs runs meshguard (tests/support/grpc_peer.py); the CloudEvents SDK (2.x, whose
+# which tests/grpc.rs runs meshguard (tests/support/grpc_peer.py); nghttp and openssl (Debian);
+# the CloudEvents SDK (2.x, whose
 # `cloudevents.core` API tests/support/cloudevents_http.py uses), which makes the events of
 # tests/body_keys.rs. Installed only when missing.
 GRPCIO_VERSION=1.85.3
@@ -72,6 +73,11 @@ ensure_test_peers() {
   if ! command -v nghttp >/dev/null 2>&1; then
     echo "setup: installing nghttp2-client (apt-get)"
     apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null
+  fi
+  # openssl: the certificates of the mTLS tests (tests/support/certs.rs).
+  if ! command -v openssl >/dev/null 2>&1; then
+    echo "setup: installing openssl (apt-get)"
+    apt-get update -qq && apt-get install -y -qq openssl >/dev/null
   fi
   if ! python3 -c 'import cloudevents.core.bindings.http' >/dev/null 2>&1; then
     echo "setup: installing the CloudEvents Python SDK (pip install 'cloudevents>=2,<3')"
