@@ -149,6 +149,41 @@ pub struct Dedup {
     pub mode: DedupMode,
     /// Where a JSON body carries the key when no header does (RFC 6901).
     pub body_key: Option<crate::dedup::body_key::Pointer>,
+    /// Where keys are kept beyond the proxy's own memory.
+    pub store: Store,
+}
+
+/// `dedup.store`: the proxy's memory alone, or also etcd v3 across replicas and restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Store {
+    #[default]
+    Local,
+    Etcd(Etcd),
+}
+
+/// An etcd v3 cluster reached through its JSON gateway with HTTP callouts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Etcd {
+    /// The Envoy cluster of etcd's client port.
+    pub cluster: String,
+    /// The `:authority` of the callouts.
+    pub authority: String,
+    /// Prefix of every key meshguard writes.
+    pub prefix: String,
+    /// How long a request waits for etcd (ns).
+    pub timeout: u64,
+    pub on_error: OnStoreError,
+}
+
+/// What a request gets when etcd is unreachable, slower than `timeout`, or answers an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Decide from the proxy's own store, as without etcd.
+    Local,
+    /// 503 with `retry-after`, for brokers that redeliver.
+    Reject,
+    /// Let the request through unchecked.
+    Pass,
 }
 
 /// docs/behaviour.md, "Event-id deduplication", *Modes*: `metrics_only` reads, checks, stores and
@@ -281,6 +316,7 @@ impl Default for Dedup {
             max_entries: 100_000,
             mode: DedupMode::Enforce,
             body_key: None,
+            store: Store::Local,
         }
     }
 }
@@ -650,6 +686,7 @@ pub const DEDUP_KEYS: &[&str] = &[
     "max_entries",
     "mode",
     "body_key",
+    "store",
 ];
 
 fn parse_dedup(mut d: Dedup, mut f: Fields) -> Option<Dedup> {
@@ -704,6 +741,12 @@ fn parse_dedup(mut d: Dedup, mut f: Fields) -> Option<Dedup> {
     if let Some(v) = f.choice("mode", &["enforce", "metrics_only"]) {
         d.mode = if v == "metrics_only" { DedupMode::MetricsOnly } else { DedupMode::Enforce };
     }
+    if let Some(value) = f.raw("store") {
+        let path = f.path_of("store");
+        if let Some(store) = parse_store(value, &path, f.errors) {
+            d.store = store;
+        }
+    }
     if let Some(text) = f.str("body_key") {
         match crate::dedup::body_key::Pointer::parse(text) {
             Ok(pointer) => d.body_key = Some(pointer),
@@ -711,6 +754,59 @@ fn parse_dedup(mut d: Dedup, mut f: Fields) -> Option<Dedup> {
         }
     }
     Some(d)
+}
+
+/// `dedup.store`, replaced as a whole when a rule sets it.
+fn parse_store(value: &Value, path: &str, errors: &mut Errors) -> Option<Store> {
+    const KEYS: &[&str] = &["type", "cluster", "authority", "prefix", "timeout", "on_error"];
+    let map = object(value, path, KEYS, errors)?;
+    let mut f = Fields { map, path: path.to_string(), errors };
+    match f.choice("type", &["local", "etcd"]) {
+        Some("etcd") => {}
+        Some(_) => {
+            for key in ["cluster", "authority", "prefix", "timeout", "on_error"] {
+                if f.raw(key).is_some() {
+                    f.error(key, "only with \"type\": \"etcd\"");
+                }
+            }
+            return Some(Store::Local);
+        }
+        None if f.raw("type").is_some() => return None,
+        None => {
+            f.error("type", "is required: \"local\" or \"etcd\"");
+            return None;
+        }
+    }
+    let cluster = match f.str("cluster") {
+        Some(c) if !c.is_empty() => c.to_string(),
+        Some(_) => {
+            f.error("cluster", "must not be empty");
+            return None;
+        }
+        None if f.raw("cluster").is_some() => return None,
+        None => {
+            f.error("cluster", "is required with \"type\": \"etcd\" (the Envoy cluster of etcd's client port)");
+            return None;
+        }
+    };
+    let authority = f.str("authority").map_or_else(|| cluster.clone(), str::to_string);
+    if authority.is_empty() || !authority.bytes().all(|b| b.is_ascii_graphic()) {
+        f.error("authority", "must be a host[:port] of visible ASCII");
+    }
+    let prefix = f.str("prefix").unwrap_or("/meshguard/").to_string();
+    if !prefix.starts_with('/') || prefix.len() > 128 || !prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        f.error("prefix", format!("must start with \"/\" and be at most 128 visible ASCII bytes, got {prefix:?}"));
+    }
+    let timeout = f.duration("timeout", 1_000_000).unwrap_or(100_000_000);
+    if timeout > 10 * SECOND {
+        f.error("timeout", "must be at most 10s (a request waits that long for etcd)");
+    }
+    let on_error = match f.choice("on_error", &["local", "reject", "pass"]) {
+        Some("reject") => OnStoreError::Reject,
+        Some("pass") => OnStoreError::Pass,
+        _ => OnStoreError::Local,
+    };
+    Some(Store::Etcd(Etcd { cluster, authority, prefix, timeout, on_error }))
 }
 
 fn report_unknown(f: &mut Fields, keys: &[&str]) {

@@ -179,7 +179,7 @@ fn invalid_values_are_reported_with_their_json_path() {
         (r#"{"dedup": {"mode": "dry_run"}}"#, "dedup.mode: must be one of \"enforce\", \"metrics_only\", got \"dry_run\""),
         (r#"{"dedup": {"mode": "disabled"}}"#, "dedup.mode: must be one of \"enforce\", \"metrics_only\", got \"disabled\""),
         (r#"{"routes": [{"name": "a", "dedup": {"mode": 1}}]}"#, "routes[0].dedup.mode: must be a string, got a number"),
-        (r#"{"dedup": {"mod": "enforce"}}"#, "dedup.mod: unknown key (expected one of: headers, methods, ttl, in_flight_ttl, on_missing, duplicate_status, success_status, fingerprint, scope, max_entries, mode, body_key)"),
+        (r#"{"dedup": {"mod": "enforce"}}"#, "dedup.mod: unknown key (expected one of: headers, methods, ttl, in_flight_ttl, on_missing, duplicate_status, success_status, fingerprint, scope, max_entries, mode, body_key, store)"),
         (r#"{"routes": {}}"#, "routes: must be an array, got an object"),
         (r#"{"routes": [{}]}"#, "routes[0].name: is required"),
         (r#"{"routes": [{"name": ""}]}"#, "routes[0].name: must be 1-64 characters of A-Z a-z 0-9 _ - ., got \"\""),
@@ -331,4 +331,54 @@ fn dedup_mode_defaults_to_enforce_and_merges_per_rule() {
     assert_eq!(c.rules[0].dedup.as_ref().unwrap().mode, DedupMode::Enforce);
     assert_eq!(c.rules[1].dedup.as_ref().unwrap().mode, DedupMode::MetricsOnly);
     assert!(c.default_rule.dedup.is_none());
+}
+
+#[test]
+fn dedup_store_defaults_to_local_and_etcd_takes_its_defaults() {
+    assert_eq!(ok(r#"{"dedup": {}}"#).default_rule.dedup.unwrap().store, Store::Local);
+    assert_eq!(ok(r#"{"dedup": {"store": {"type": "local"}}}"#).default_rule.dedup.unwrap().store, Store::Local);
+    let c = ok(r#"{"dedup": {"store": {"type": "etcd", "cluster": "outbound|2379||etcd.store.svc.cluster.local"}}}"#);
+    let Store::Etcd(e) = c.default_rule.dedup.unwrap().store else { panic!("not etcd") };
+    assert_eq!(e.cluster, "outbound|2379||etcd.store.svc.cluster.local");
+    assert_eq!(e.authority, e.cluster, "authority defaults to the cluster");
+    assert_eq!(e.prefix, "/meshguard/");
+    assert_eq!(e.timeout, 100_000_000);
+    assert_eq!(e.on_error, OnStoreError::Local);
+    let c = ok(r#"{"dedup": {"store": {"type": "etcd", "cluster": "etcd", "authority": "etcd.store:2379",
+        "prefix": "/orders/", "timeout": "250ms", "on_error": "reject"}}}"#);
+    let Store::Etcd(e) = c.default_rule.dedup.unwrap().store else { panic!("not etcd") };
+    assert_eq!((e.authority.as_str(), e.prefix.as_str(), e.timeout), ("etcd.store:2379", "/orders/", 250_000_000));
+    assert_eq!(e.on_error, OnStoreError::Reject);
+}
+
+#[test]
+fn dedup_store_errors_name_their_json_path() {
+    let cases = [
+        (r#"{"dedup": {"store": {}}}"#, "dedup.store.type"),
+        (r#"{"dedup": {"store": {"type": "redis"}}}"#, "dedup.store.type"),
+        (r#"{"dedup": {"store": {"type": "etcd"}}}"#, "dedup.store.cluster"),
+        (r#"{"dedup": {"store": {"type": "etcd", "cluster": ""}}}"#, "dedup.store.cluster"),
+        (r#"{"dedup": {"store": {"type": "etcd", "cluster": "e", "prefix": "meshguard/"}}}"#, "dedup.store.prefix"),
+        (r#"{"dedup": {"store": {"type": "etcd", "cluster": "e", "authority": "a b"}}}"#, "dedup.store.authority"),
+        (r#"{"dedup": {"store": {"type": "etcd", "cluster": "e", "timeout": "11s"}}}"#, "dedup.store.timeout"),
+        (r#"{"dedup": {"store": {"type": "etcd", "cluster": "e", "timeout": "0s"}}}"#, "dedup.store.timeout"),
+        (r#"{"dedup": {"store": {"type": "etcd", "cluster": "e", "on_error": "retry"}}}"#, "dedup.store.on_error"),
+        (r#"{"dedup": {"store": {"type": "etcd", "cluster": "e", "ttl": "1s"}}}"#, "dedup.store.ttl"),
+        (r#"{"dedup": {"store": {"type": "local", "cluster": "e"}}}"#, "dedup.store.cluster"),
+        (r#"{"dedup": {"store": "etcd"}}"#, "dedup.store"),
+        (r#"{"routes": [{"name": "r", "dedup": {"store": {"type": "etcd"}}}]}"#, "routes[0].dedup.store.cluster"),
+    ];
+    for (json, path) in cases {
+        let errs = errors(json);
+        assert!(errs.iter().any(|e| e.starts_with(path)), "{json}: {errs:?} should name {path}");
+    }
+}
+
+#[test]
+fn a_rule_replaces_the_store_as_a_whole() {
+    let c = ok(r#"{"dedup": {"store": {"type": "etcd", "cluster": "e", "on_error": "pass"}},
+        "routes": [{"name": "local", "dedup": {"store": {"type": "local"}}}, {"name": "inherits", "dedup": {}}]}"#);
+    assert_eq!(c.rules[0].dedup.as_ref().unwrap().store, Store::Local);
+    let Store::Etcd(e) = &c.rules[1].dedup.as_ref().unwrap().store else { panic!("not inherited") };
+    assert_eq!(e.on_error, OnStoreError::Pass);
 }
