@@ -20,7 +20,7 @@ mod host;
 
 pub use crate::metrics::Metrics;
 pub use effects::Effects;
-pub use host::{cas_update, int, Host, HostError, MetricId, MetricKind, MAX_CAS_ATTEMPTS};
+pub use host::{cas_update, int, Callout, Host, HostError, MetricId, MetricKind, MAX_CAS_ATTEMPTS};
 
 use crate::breaker::stage::{CircuitRule, CircuitStage};
 use crate::breaker::Ending;
@@ -28,6 +28,8 @@ use crate::breaker::{self, Snapshot};
 use crate::config::Config;
 use crate::config::TraceMode;
 use crate::correlation::stage::CorrelationStage;
+use crate::config::Store;
+use crate::dedup::remote::EtcdStore;
 use crate::dedup::stage::{DedupRule, DedupStage};
 use crate::dedup::store::{Bucket, BucketKeys};
 use crate::dedup::{DedupOutcome, Layout};
@@ -42,6 +44,8 @@ use crate::trace::stage::{rewritten_by_tracer, EnvoyTracer, TraceStage};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Continue,
+    /// Paused until a call to the dedup store is answered ([`Stream::on_call_answer`]).
+    Wait,
     /// A local reply was sent: stop the filter chain.
     Stop,
 }
@@ -72,6 +76,9 @@ pub struct Plugin {
     /// The dedup store's buckets (one store per plugin, sized by the largest `max_entries`) and
     /// their shared-data keys.
     dedup_store: Option<(Layout, BucketKeys)>,
+    /// The etcd stores rules name (one per cluster, authority and prefix), and each rule's.
+    etcd_stores: Vec<EtcdStore>,
+    rule_etcd: Vec<Option<usize>>,
     /// The first traced stream of this worker has checked whether an Envoy tracer rewrote the
     /// trace headers after meshguard (see [`Stream::on_log`]).
     tracer_checked: Cell<bool>,
@@ -86,6 +93,33 @@ impl Plugin {
     /// `name` is the plugin's name in Envoy: it separates the shared data of two meshguard
     /// plugins on one proxy.
     pub fn new(config: Config, metrics: Metrics, name: &str) -> Plugin {
+        Plugin::for_workload(config, metrics, name, "")
+    }
+
+    /// `workload` names the service in the etcd store's keys (replicas of one workload share
+    /// them; see `dedup::etcd::base`).
+    pub fn for_workload(config: Config, metrics: Metrics, name: &str, workload: &str) -> Plugin {
+        let mut etcd_stores: Vec<EtcdStore> = Vec::new();
+        let mut rule_etcd = Vec::new();
+        for rule in config.all_rules() {
+            let Some((dedup, Store::Etcd(etcd))) = rule.dedup.as_ref().map(|d| (d, &d.store)) else {
+                rule_etcd.push(None);
+                continue;
+            };
+            let index = match etcd_stores.iter().position(|s| s.serves(etcd)) {
+                Some(i) => i,
+                None => {
+                    let i = etcd_stores.len();
+                    etcd_stores.push(EtcdStore::new(etcd.clone(), workload, name, i, metrics.remote));
+                    i
+                }
+            };
+            if let Some(store) = etcd_stores.get_mut(index) {
+                store.needs(dedup.in_flight_ttl);
+                store.needs(dedup.ttl);
+            }
+            rule_etcd.push(Some(index));
+        }
         let circuit_keys =
             config.all_rules().map(|r| r.circuit_breaker.as_ref().map(|cb| breaker::key(name, &r.name, cb))).collect();
         let circuit_copies = config.all_rules().map(|_| RefCell::new(None)).collect();
@@ -103,6 +137,8 @@ impl Plugin {
             circuit_keys,
             circuit_copies,
             dedup_store,
+            etcd_stores,
+            rule_etcd,
             tracer_checked: Cell::new(false),
             tracer: Cell::new(EnvoyTracer::default()),
             scratch: RefCell::new(Effects::default()),
@@ -184,7 +220,25 @@ impl Plugin {
             keys,
             metrics: self.metrics.dedup(rule),
             store: &self.metrics.store,
+            etcd: self.rule_etcd.get(rule).copied().flatten().and_then(|i| self.etcd_stores.get(i)),
         })
+    }
+
+    /// The etcd stores of this configuration.
+    pub fn etcd_stores(&self) -> &[EtcdStore] {
+        &self.etcd_stores
+    }
+
+    /// The root's tick: each etcd store grants its leases ahead and sends its due releases.
+    pub fn on_tick(&self, host: &mut impl Host) {
+        for store in &self.etcd_stores {
+            store.tick(host);
+        }
+    }
+
+    /// The answer to a call the root sent (a lease grant, a release); false when no store sent it.
+    pub fn on_root_answer(&self, host: &mut impl Host, token: u32, status: Option<u32>, body: &[u8]) -> bool {
+        self.etcd_stores.iter().any(|s| s.on_answer(host, token, status, body))
     }
 }
 
@@ -256,9 +310,13 @@ impl Stream {
             Some(rule) => self.circuit.on_request_headers(&rule, host, id, &mut fx),
             None => None,
         };
+        let mut waits = false;
         if refusal.is_none() {
             if let Some(rule) = plugin.dedup(self.rule) {
                 refusal = self.dedup.on_request_headers(&rule, &headers, host, entropy, end_of_stream, &mut fx);
+                if refusal.is_none() {
+                    (waits, refusal) = self.send_claim(&rule, host, &mut fx);
+                }
             }
         }
         let reply = refusal.map(|r| {
@@ -275,8 +333,51 @@ impl Stream {
         self.apply(plugin, host, fx, reply.as_ref());
         if reply.is_some() {
             Verdict::Stop
+        } else if waits {
+            Verdict::Wait
         } else {
             Verdict::Continue
+        }
+    }
+
+    /// Sends the dedup stage's claim, if it has one: `(true, None)` while the request waits for
+    /// the answer; a refusal when it could not be sent and `on_error` refuses.
+    fn send_claim(&mut self, rule: &DedupRule, host: &mut impl Host, fx: &mut Effects) -> (bool, Option<Refusal>) {
+        let Some(call) = self.dedup.call() else {
+            return (false, None);
+        };
+        match host.http_call(call) {
+            Ok(token) => {
+                self.dedup.sent(token);
+                (true, None)
+            }
+            Err(e) => (false, self.dedup.on_unsent(rule, host, e, fx)),
+        }
+    }
+
+    /// The answer to a call this stream sent: its claim (the request goes on, or meshguard
+    /// answers it), or a completion or release whose stream was still there to receive it.
+    pub fn on_call_answer(&mut self, plugin: &Plugin, host: &mut impl Host, token: u32, status: Option<u32>, body: &[u8]) {
+        let Some(rule) = plugin.dedup(self.rule) else {
+            return;
+        };
+        if !self.dedup.is_claim(token) {
+            if let Some(store) = rule.etcd {
+                store.on_write_answer(host, status, body);
+            }
+            return;
+        }
+        let mut fx = plugin.effects();
+        let refusal = self.dedup.on_claim_answer(&rule, host, status, body, &mut fx);
+        let reply = refusal.map(|r| {
+            let trace_id = self.trace.context().map(|c| c.trace_id_hex());
+            self.reply(plugin, &r, trace_id.as_deref())
+        });
+        self.apply(plugin, host, fx, reply.as_ref());
+        if reply.is_none() {
+            if let Err(e) = host.resume_request() {
+                self.fail(plugin, host, e);
+            }
         }
     }
 
@@ -289,13 +390,24 @@ impl Stream {
         size: usize,
         end_of_stream: bool,
     ) -> Verdict {
+        if self.dedup.claiming() {
+            // Envoy buffers the body while the claim is out.
+            return Verdict::Wait;
+        }
         if self.waiting_reply.is_none() {
             let Some(rule) = plugin.dedup(self.rule).filter(|_| self.dedup.awaits_body()) else {
                 return Verdict::Continue;
             };
             let mut fx = plugin.effects();
-            let refusal = self.dedup.on_request_body(&rule, host, size, end_of_stream, &mut fx);
+            let mut refusal = self.dedup.on_request_body(&rule, host, size, end_of_stream, &mut fx);
+            let mut waits = false;
+            if refusal.is_none() {
+                (waits, refusal) = self.send_claim(&rule, host, &mut fx);
+            }
             self.apply(plugin, host, fx, None);
+            if waits {
+                return Verdict::Wait;
+            }
             let Some(refusal) = refusal else {
                 return Verdict::Continue;
             };
@@ -427,6 +539,14 @@ impl Stream {
         }
         if let Some(rule) = plugin.dedup(self.rule) {
             self.dedup.on_outcome(&rule, host, end, fx);
+            if let Some(call) = self.dedup.call() {
+                match host.http_call(call) {
+                    Ok(token) => self.dedup.sent(token),
+                    Err(e) => {
+                        self.dedup.on_unsent(&rule, host, e, fx);
+                    }
+                }
+            }
         }
     }
 

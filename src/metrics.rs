@@ -9,7 +9,8 @@
 use std::cell::Cell;
 
 use crate::breaker::Phase;
-use crate::config::Config;
+use crate::config::{Config, Store};
+use crate::dedup::remote::StoreOutcome;
 use crate::correlation::CorrelationOutcome;
 use crate::dedup::store::EntryChanges;
 use crate::dedup::DedupOutcome;
@@ -23,6 +24,8 @@ pub const ERRORS_TOTAL: &str = "meshguard_errors_total";
 pub const DEDUP_TOTAL: &str = "meshguard_dedup_total";
 pub const DEDUP_ENTRIES: &str = "meshguard_dedup_entries";
 pub const DEDUP_EVICTIONS_TOTAL: &str = "meshguard_dedup_evictions_total";
+pub const DEDUP_STORE_TOTAL: &str = "meshguard_dedup_store_total";
+pub const DEDUP_STORE_DURATION: &str = "meshguard_dedup_store_duration_ms";
 pub const CIRCUIT_STATE: &str = "meshguard_circuit_state";
 pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "meshguard_circuit_transitions_total";
 pub const CIRCUIT_REJECTED_TOTAL: &str = "meshguard_circuit_rejected_total";
@@ -62,6 +65,8 @@ pub struct Metrics {
     /// `meshguard_dedup_total{rule,outcome}` by rule index; `None` without dedup.
     pub dedup: Vec<Option<DedupMetrics>>,
     pub store: StoreMetrics,
+    /// The etcd store's calls, when a rule uses one.
+    pub remote: RemoteMetrics,
 }
 
 impl Metrics {
@@ -83,7 +88,9 @@ impl Metrics {
         } else {
             StoreMetrics::default()
         };
-        Metrics { requests, correlation, trace, errors, circuit, dedup, store }
+        let etcd = config.all_rules().any(|r| r.dedup.as_ref().is_some_and(|d| matches!(d.store, Store::Etcd(_))));
+        let remote = if etcd { RemoteMetrics::define(&mut define) } else { RemoteMetrics::default() };
+        Metrics { requests, correlation, trace, errors, circuit, dedup, store, remote }
     }
 
     /// `rule`: the index of a rule, the default rule last.
@@ -155,7 +162,7 @@ impl CircuitMetrics {
 /// `meshguard_dedup_total{rule,outcome}` ids of one rule, in the order of [`DedupOutcome::ALL`].
 #[derive(Clone, Debug, Default)]
 pub struct DedupMetrics {
-    pub outcomes: [Option<MetricId>; 9],
+    pub outcomes: [Option<MetricId>; 10],
 }
 
 impl DedupMetrics {
@@ -195,6 +202,29 @@ impl StoreMetrics {
             - i64::from(changes.released);
         fx.add(self.entries, delta);
         fx.add(self.evictions, i64::from(changes.evicted));
+    }
+}
+
+/// `meshguard_dedup_store_total{outcome}` (in the order of [`StoreOutcome::ALL`]) and the
+/// histogram of the store's round trips, `meshguard_dedup_store_duration_ms`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteMetrics {
+    pub outcomes: [Option<MetricId>; 6],
+    pub duration_ms: Option<MetricId>,
+}
+
+impl RemoteMetrics {
+    pub fn define(define: &mut impl FnMut(MetricKind, &str) -> Option<MetricId>) -> RemoteMetrics {
+        RemoteMetrics {
+            outcomes: StoreOutcome::ALL
+                .map(|o| define(MetricKind::Counter, &name(DEDUP_STORE_TOTAL, &[("outcome", o.as_str())]))),
+            duration_ms: define(MetricKind::Histogram, DEDUP_STORE_DURATION),
+        }
+    }
+
+    pub fn outcome(&self, outcome: StoreOutcome) -> Option<MetricId> {
+        let i = StoreOutcome::ALL.iter().position(|o| *o == outcome)?;
+        self.outcomes.get(i).copied().flatten()
     }
 }
 

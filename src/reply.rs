@@ -28,6 +28,9 @@ pub enum Refusal {
     InvalidKey { header: String, reason: &'static str },
     /// No key, and the rule requires one.
     MissingKey { headers: Vec<String> },
+    /// The shared dedup store cannot say whether the event was processed, and the rule's
+    /// `store.on_error` is `reject`: the broker redelivers later.
+    StoreUnavailable { event_id: String, retry_after_s: u64 },
 }
 
 /// gRPC status codes (grpc/grpc `doc/statuscodes.md`).
@@ -73,6 +76,7 @@ impl Refusal {
             Refusal::Mismatch { .. } => Some("mismatch"),
             Refusal::InvalidKey { .. } => Some("invalid"),
             Refusal::MissingKey { .. } => Some("missing"),
+            Refusal::StoreUnavailable { .. } => Some("store-unavailable"),
         }
     }
 
@@ -83,6 +87,7 @@ impl Refusal {
             Refusal::InFlight { .. } => 409,
             Refusal::Mismatch { .. } => 422,
             Refusal::InvalidKey { .. } | Refusal::MissingKey { .. } => 400,
+            Refusal::StoreUnavailable { .. } => 503,
         }
     }
 
@@ -94,6 +99,7 @@ impl Refusal {
             Refusal::InFlight { .. } => grpc::ABORTED,
             Refusal::Mismatch { .. } => grpc::FAILED_PRECONDITION,
             Refusal::InvalidKey { .. } | Refusal::MissingKey { .. } => grpc::INVALID_ARGUMENT,
+            Refusal::StoreUnavailable { .. } => grpc::UNAVAILABLE,
         }
     }
 
@@ -144,6 +150,12 @@ impl Refusal {
                 }
                 b.push(']');
             }
+            Refusal::StoreUnavailable { event_id, retry_after_s } => {
+                b.push_str("{\"error\":\"dedup_store_unavailable\",\"event_id\":");
+                push_json_string(&mut b, event_id.as_bytes());
+                b.push_str(",\"retry_after_s\":");
+                b.push_str(&retry_after_s.to_string());
+            }
         }
         b.push('}');
         Some(b)
@@ -156,6 +168,7 @@ impl Refusal {
         let retry_after = match self {
             Refusal::CircuitOpen { retry_after_s } => Some(retry_after_s.to_string()),
             Refusal::InFlight { .. } => Some("1".to_string()),
+            Refusal::StoreUnavailable { retry_after_s, .. } => Some(retry_after_s.to_string()),
             _ => None,
         };
         let mut headers: Vec<(&str, Vec<u8>)> = Vec::with_capacity(6);

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::config::LogLevel;
-use crate::filter::{Host, HostError, MetricId};
+use crate::filter::{Callout, Host, HostError, MetricId};
 use crate::headers::HeaderMap;
 use crate::reply::Reply;
 
@@ -217,6 +217,13 @@ pub struct FakeHost {
     pub gate: Option<Gate>,
     /// Stat names (substrings) whose reads and increments are interleaving points.
     pub watch: Option<&'static str>,
+    /// HTTP calls sent (the token of call `i` is `i + 1`), and whether sending fails.
+    pub calls: Vec<Callout>,
+    pub fail_calls: bool,
+    /// Paused requests resumed.
+    pub resumed: usize,
+    /// Histogram values recorded.
+    pub recorded: Vec<(MetricId, u64)>,
 }
 
 impl FakeHost {
@@ -441,6 +448,23 @@ impl Host for FakeHost {
         self.dropped += size.min(self.body.len());
         self.body.clear();
         Ok(())
+    }
+
+    fn http_call(&mut self, call: &Callout) -> Result<u32, HostError> {
+        if self.fail_calls {
+            return Err(HostError("cannot dispatch HTTP call"));
+        }
+        self.calls.push(call.clone());
+        Ok(self.calls.len() as u32)
+    }
+
+    fn resume_request(&mut self) -> Result<(), HostError> {
+        self.resumed += 1;
+        Ok(())
+    }
+
+    fn record(&mut self, metric: MetricId, value: u64) {
+        self.recorded.push((metric, value));
     }
 }
 

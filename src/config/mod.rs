@@ -186,6 +186,16 @@ pub enum OnStoreError {
     Pass,
 }
 
+impl OnStoreError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnStoreError::Local => "local",
+            OnStoreError::Reject => "reject",
+            OnStoreError::Pass => "pass",
+        }
+    }
+}
+
 /// docs/behaviour.md, "Event-id deduplication", *Modes*: `metrics_only` reads, checks, stores and
 /// counts keys exactly as `enforce` does, but sends no reply of its own (the roll-out's dry run).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

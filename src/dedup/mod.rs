@@ -7,6 +7,8 @@
 //!   compare-and-swap; its layout bounds memory by configuration (see [`Layout`]).
 
 pub mod body_key;
+pub mod etcd;
+pub mod remote;
 pub mod shared;
 pub mod stage;
 pub mod store;
@@ -37,10 +39,13 @@ pub enum DedupOutcome {
     Generated,
     /// A CloudEvents batch: several events, no single key; passed on.
     Batch,
+    /// The shared store could not tell (down, slow, or cooling off) and its `on_error` is
+    /// `reject` (refused with 503) or `pass` (passed on unchecked).
+    Unavailable,
 }
 
 impl DedupOutcome {
-    pub const ALL: [DedupOutcome; 9] = [
+    pub const ALL: [DedupOutcome; 10] = [
         DedupOutcome::First,
         DedupOutcome::Duplicate,
         DedupOutcome::InFlight,
@@ -50,6 +55,7 @@ impl DedupOutcome {
         DedupOutcome::Mismatch,
         DedupOutcome::Generated,
         DedupOutcome::Batch,
+        DedupOutcome::Unavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +69,7 @@ impl DedupOutcome {
             DedupOutcome::Mismatch => "mismatch",
             DedupOutcome::Generated => "generated",
             DedupOutcome::Batch => "batch",
+            DedupOutcome::Unavailable => "unavailable",
         }
     }
 }

@@ -4,12 +4,14 @@
 //! redelivery of a failed event is processed again.
 
 use super::body_key::{Found, Pointer, Scan};
+use super::etcd::{self, ClaimAnswer, Value};
+use super::remote::{self, EtcdStore, StoreOutcome};
 use super::shared::{self, Held};
 use super::store::{BucketKeys, Check};
 use super::{event_key, fingerprint, key_id, DedupOutcome, Key, Layout, MAX_BODY_FINGERPRINT};
 use crate::breaker::Ending;
-use crate::config::{Dedup, DedupMode, DuplicateStatus, Fingerprint, OnMissing, Scope};
-use crate::filter::{state, Effects, Host};
+use crate::config::{Dedup, DedupMode, DuplicateStatus, Fingerprint, OnMissing, OnStoreError, Scope};
+use crate::filter::{state, Callout, Effects, Host, HostError};
 use crate::headers::HeaderMap;
 use crate::ids::Entropy;
 use crate::metrics::{DedupMetrics, StoreMetrics};
@@ -23,6 +25,8 @@ pub struct DedupRule<'a> {
     pub keys: &'a BucketKeys,
     pub metrics: Option<&'a DedupMetrics>,
     pub store: &'a StoreMetrics,
+    /// The shared etcd store behind the proxy's own (`store: {"type": "etcd"}`).
+    pub etcd: Option<&'a EtcdStore>,
 }
 
 #[derive(Debug, Default)]
@@ -34,6 +38,21 @@ pub struct DedupStage {
     held: Option<(Held, u32)>,
     /// Waiting for the body to fingerprint.
     pending: Option<Pending>,
+    /// The key in the shared etcd store.
+    remote: Remote,
+    /// A call to the etcd store for the pipeline to send.
+    call: Option<Callout>,
+}
+
+/// The request's key in the shared etcd store.
+#[derive(Debug, Default)]
+enum Remote {
+    #[default]
+    None,
+    /// The claim is out (the request paused) since `sent`, on lease `lease`; `token` once sent.
+    Claiming { key: String, held: Value, lease: i64, sent: u64, token: Option<u32> },
+    /// The claim landed: the call's outcome completes or releases it.
+    Holding { key: String, held: Value },
 }
 
 /// A request whose check waits for its body: for its key (structured CloudEvent, `body_key`),
@@ -388,6 +407,9 @@ impl DedupStage {
         match check {
             Check::First => {
                 self.held = Some((Held { id, nonce }, bucket));
+                if let Some(store) = rule.etcd {
+                    return self.claim_remote(rule, store, host, id, Value::InFlight { nonce, fingerprint: print }, now, fx);
+                }
                 self.record(rule, DedupOutcome::First, fx);
                 None
             }
@@ -424,6 +446,22 @@ impl DedupStage {
             (Some(200), true) => end.grpc_status == Some(0),
             (status, _) => status.is_some_and(|s| cfg.success_status.contains(s)),
         };
+        match std::mem::take(&mut self.remote) {
+            Remote::Holding { key, held } => {
+                if let Some(store) = rule.etcd {
+                    self.settle_remote(rule, store, host, key, held, end.status.filter(|_| succeeded), now);
+                }
+            }
+            Remote::Claiming { key, held, sent, .. } => {
+                // The stream ended while its claim was out (the caller went away): the claim may
+                // land yet. Released once its answer could no longer be on the way.
+                if let Some(store) = rule.etcd {
+                    let due = sent.saturating_add(store.timeout()).saturating_add(SECOND);
+                    store.adopt(key, held, due, cfg.in_flight_ttl);
+                }
+            }
+            Remote::None => {}
+        }
         let result = match end.status {
             Some(s) if succeeded => {
                 shared::complete(host, &rule.layout, &key, held, s as u16, now, cfg.ttl).map(|_| ())
@@ -436,5 +474,249 @@ impl DedupStage {
         if let Err(e) = result {
             fx.fail(e);
         }
+    }
+}
+
+const SECOND: u64 = 1_000_000_000;
+
+impl DedupStage {
+    /// A call to the etcd store that the pipeline sends next (the claim, or a completion or a
+    /// release, which are [`Callout::detached`]).
+    pub fn call(&self) -> Option<&Callout> {
+        self.call.as_ref()
+    }
+
+    /// The call was sent: a claim waits for its answer with `token`.
+    pub fn sent(&mut self, token: u32) {
+        self.call = None;
+        if let Remote::Claiming { token: t @ None, .. } = &mut self.remote {
+            *t = Some(token);
+        }
+    }
+
+    /// The request is paused until its claim is answered.
+    pub fn claiming(&self) -> bool {
+        matches!(self.remote, Remote::Claiming { .. })
+    }
+
+    /// `token` is the answer to this request's claim.
+    pub fn is_claim(&self, token: u32) -> bool {
+        matches!(self.remote, Remote::Claiming { token: Some(t), .. } if t == token)
+    }
+
+    /// Asks the shared store for the key this request now holds locally: the claim goes out and
+    /// the request waits, unless the store is cooling off after a failure or has no lease yet
+    /// (then `on_error` decides at once).
+    #[allow(clippy::too_many_arguments)]
+    fn claim_remote(
+        &mut self,
+        rule: &DedupRule,
+        store: &EtcdStore,
+        host: &mut impl Host,
+        id: u128,
+        held: Value,
+        now: u64,
+        fx: &mut Effects,
+    ) -> Option<Refusal> {
+        let lease = if store.usable(now) { store.lease(host, rule.config.in_flight_ttl, now) } else { None };
+        let Some(lease) = lease else {
+            fx.count(store.metrics.outcome(StoreOutcome::Skipped));
+            return self.store_unavailable(rule, store, host, fx);
+        };
+        let key = store.key(id);
+        self.call = Some(store.call(etcd::TXN_PATH, etcd::claim_body(&key, &held, lease), false));
+        self.remote = Remote::Claiming { key, held, lease, sent: now, token: None };
+        None
+    }
+
+    /// The claim could not be sent.
+    pub fn on_unsent(&mut self, rule: &DedupRule, host: &mut impl Host, error: HostError, fx: &mut Effects) -> Option<Refusal> {
+        let reason = error.0.to_string();
+        let refusal = match std::mem::take(&mut self.remote) {
+            Remote::Claiming { .. } => {
+                self.call = None;
+                let store = rule.etcd?;
+                let now = host.now();
+                store.failed(host, now, &reason);
+                fx.count(store.metrics.outcome(StoreOutcome::Error));
+                self.store_unavailable(rule, store, host, fx)
+            }
+            other => {
+                // A completion or release that could not go: the key expires with its lease.
+                self.remote = other;
+                self.call = None;
+                if let Some(store) = rule.etcd {
+                    let now = host.now();
+                    store.failed(host, now, &reason);
+                }
+                None
+            }
+        };
+        refusal.filter(|_| rule.config.mode == DedupMode::Enforce)
+    }
+
+    /// The store's answer to this request's claim. `Some` when meshguard answers the request
+    /// itself; otherwise the request goes on.
+    pub fn on_claim_answer(
+        &mut self,
+        rule: &DedupRule,
+        host: &mut impl Host,
+        status: Option<u32>,
+        body: &[u8],
+        fx: &mut Effects,
+    ) -> Option<Refusal> {
+        let refusal = self.claim_answer(rule, host, status, body, fx);
+        refusal.filter(|_| rule.config.mode == DedupMode::Enforce)
+    }
+
+    fn claim_answer(
+        &mut self,
+        rule: &DedupRule,
+        host: &mut impl Host,
+        status: Option<u32>,
+        body: &[u8],
+        fx: &mut Effects,
+    ) -> Option<Refusal> {
+        let Remote::Claiming { key, held, lease, sent, .. } = std::mem::take(&mut self.remote) else {
+            return None;
+        };
+        let store = rule.etcd?;
+        let cfg = rule.config;
+        let now = host.now();
+        let took = now.saturating_sub(sent);
+        fx.record(store.metrics.duration_ms, took / 1_000_000);
+        let event_id = self.event_id.clone().unwrap_or_default();
+        let found = match etcd::claim_answer(status, body) {
+            ClaimAnswer::Claimed => {
+                store.answered(host);
+                fx.count(store.metrics.outcome(StoreOutcome::Claimed));
+                self.remote = Remote::Holding { key, held };
+                self.record(rule, DedupOutcome::First, fx);
+                return None;
+            }
+            ClaimAnswer::Found(found) => found,
+            ClaimAnswer::LeaseGone => {
+                // Nothing was written; the store itself is fine.
+                store.lease_gone(host, lease);
+                fx.count(store.metrics.outcome(StoreOutcome::Error));
+                return self.store_unavailable(rule, store, host, fx);
+            }
+            ClaimAnswer::Failed(why) => {
+                // Envoy ends a call at `timeout` with an error of its own.
+                let timed_out = took.saturating_add(1_000_000) >= store.timeout();
+                let outcome = if timed_out { StoreOutcome::Timeout } else { StoreOutcome::Error };
+                fx.count(store.metrics.outcome(outcome));
+                let why = if timed_out { format!("no answer within {} ms", store.timeout() / 1_000_000) } else { why };
+                store.failed(host, now, &why);
+                // The claim may have landed: released when the store answers again.
+                store.adopt(key, held, now, cfg.in_flight_ttl);
+                return self.store_unavailable(rule, store, host, fx);
+            }
+        };
+        store.answered(host);
+        fx.count(store.metrics.outcome(match found {
+            Value::Completed { .. } => StoreOutcome::Duplicate,
+            Value::InFlight { .. } => StoreOutcome::InFlight,
+        }));
+        if found.fingerprint() != held.fingerprint() {
+            self.release_local(rule, host, fx);
+            self.record(rule, DedupOutcome::Mismatch, fx);
+            return Some(Refusal::Mismatch { event_id });
+        }
+        match found {
+            Value::Completed { status: original, expires_ms, .. } => {
+                // The proxy's store learns it: the next delivery is answered here.
+                if let Some((held, bucket)) = self.held.take() {
+                    let left = expires_ms.saturating_mul(1_000_000).saturating_sub(now).max(SECOND);
+                    let key = rule.keys.key(bucket);
+                    if let Err(e) = shared::complete(host, &rule.layout, &key, held, original, now, left) {
+                        fx.fail(e);
+                    }
+                }
+                self.record(rule, DedupOutcome::Duplicate, fx);
+                let status = match cfg.duplicate_status {
+                    DuplicateStatus::Replay => u32::from(original),
+                    DuplicateStatus::Fixed(s) => s,
+                };
+                Some(Refusal::Duplicate { event_id, status, original })
+            }
+            Value::InFlight { .. } => {
+                self.release_local(rule, host, fx);
+                self.record(rule, DedupOutcome::InFlight, fx);
+                Some(Refusal::InFlight { event_id })
+            }
+        }
+    }
+
+    /// The store cannot tell: `on_error` decides. `local` keeps the proxy's own decision (the key
+    /// is held locally); `reject` refuses with 503; `pass` lets the request through unchecked.
+    fn store_unavailable(
+        &mut self,
+        rule: &DedupRule,
+        store: &EtcdStore,
+        host: &mut impl Host,
+        fx: &mut Effects,
+    ) -> Option<Refusal> {
+        match store.config.on_error {
+            OnStoreError::Local => {
+                self.record(rule, DedupOutcome::First, fx);
+                None
+            }
+            OnStoreError::Reject => {
+                self.release_local(rule, host, fx);
+                self.record(rule, DedupOutcome::Unavailable, fx);
+                let event_id = self.event_id.clone().unwrap_or_default();
+                Some(Refusal::StoreUnavailable { event_id, retry_after_s: remote::retry_after_s() })
+            }
+            OnStoreError::Pass => {
+                self.release_local(rule, host, fx);
+                self.record(rule, DedupOutcome::Unavailable, fx);
+                None
+            }
+        }
+    }
+
+    /// Gives up the key this request holds in the proxy's store.
+    fn release_local(&mut self, rule: &DedupRule, host: &mut impl Host, fx: &mut Effects) {
+        let Some((held, bucket)) = self.held.take() else {
+            return;
+        };
+        match shared::release(host, &rule.layout, &rule.keys.key(bucket), held) {
+            Ok(changes) => rule.store.count(fx, changes),
+            Err(e) => fx.fail(e),
+        }
+    }
+
+    /// The completion (`status`: the call succeeded) or the release of the claim this request
+    /// holds in etcd, conditioned on its value, sent without holding the response.
+    #[allow(clippy::too_many_arguments)]
+    fn settle_remote(
+        &mut self,
+        rule: &DedupRule,
+        store: &EtcdStore,
+        host: &mut impl Host,
+        key: String,
+        held: Value,
+        status: Option<u32>,
+        now: u64,
+    ) {
+        let cfg = rule.config;
+        let body = match status {
+            Some(status) => {
+                let done = Value::Completed {
+                    status: status as u16,
+                    fingerprint: held.fingerprint(),
+                    expires_ms: now.saturating_add(cfg.ttl) / 1_000_000,
+                };
+                // Before the first `ttl` lease is granted, the in-flight one keeps it a while.
+                let lease = store.lease(host, cfg.ttl, now).or_else(|| store.lease(host, cfg.in_flight_ttl, now));
+                match lease {
+                    Some(lease) => etcd::complete_body(&key, &held, &done, lease),
+                    None => return,
+                }
+            }
+            None => etcd::release_body(&key, &held),
+        };
+        self.call = Some(store.call(etcd::TXN_PATH, body, true));
     }
 }

@@ -29,6 +29,8 @@ pub struct Effects {
     /// Counter increments (and gauge moves).
     increments: Vec<(MetricId, i64)>,
     gauges: Vec<(MetricId, u64)>,
+    /// Histogram values.
+    records: Vec<(MetricId, u64)>,
     logs: Vec<(LogLevel, String)>,
     /// A host call made while deciding failed: the request fails open.
     error: Option<HostError>,
@@ -62,6 +64,12 @@ impl Effects {
     pub fn gauge(&mut self, metric: Option<MetricId>, value: u64) {
         if let Some(id) = metric {
             self.gauges.push((id, value));
+        }
+    }
+
+    pub fn record(&mut self, metric: Option<MetricId>, value: u64) {
+        if let Some(id) = metric {
+            self.records.push((id, value));
         }
     }
 
@@ -121,6 +129,9 @@ impl Effects {
         for &(id, value) in &self.gauges {
             host.set_gauge(id, value);
         }
+        for &(id, value) in &self.records {
+            host.record(id, value);
+        }
         for (level, line) in &self.logs {
             host.log(*level, line);
         }
@@ -146,6 +157,7 @@ impl Effects {
         self.filter_state.clear();
         self.increments.clear();
         self.gauges.clear();
+        self.records.clear();
         self.logs.clear();
         first
     }

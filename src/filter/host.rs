@@ -16,6 +16,7 @@ pub struct HostError(pub &'static str);
 pub enum MetricKind {
     Counter,
     Gauge,
+    Histogram,
 }
 
 /// Everything the flow needs from the proxy. Values are bytes: header values that are not UTF-8
@@ -56,6 +57,26 @@ pub trait Host {
     /// Empties the request body chunk being delivered (its first `size` bytes, all of it), so
     /// that continuing forwards nothing.
     fn drop_request_body(&mut self, size: usize) -> Result<(), HostError>;
+    /// Sends an HTTP call to an Envoy cluster; its answer comes to the stream that sent it (or,
+    /// [`Callout::detached`], to the root, so that the end of the stream does not cancel it).
+    /// Returns the call's token.
+    fn http_call(&mut self, call: &Callout) -> Result<u32, HostError>;
+    /// Lets a request paused while a call was out go on.
+    fn resume_request(&mut self) -> Result<(), HostError>;
+    /// Records a value in a histogram.
+    fn record(&mut self, metric: MetricId, value: u64);
+}
+
+/// An HTTP call (a POST with a JSON body) from the filter to an Envoy cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Callout {
+    pub cluster: String,
+    pub authority: String,
+    pub path: &'static str,
+    pub body: Vec<u8>,
+    pub timeout_ms: u32,
+    /// Owned by the plugin, not the stream: it outlives the stream that sent it.
+    pub detached: bool,
 }
 
 /// Attempts at a compare-and-swap before the request fails open (a bounded loop, never a spin).

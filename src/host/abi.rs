@@ -77,6 +77,9 @@ extern "C" {
     fn proxy_get_metric(metric_id: u32, return_value: *mut u64) -> Status;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> Status;
     fn proxy_record_metric(metric_id: u32, value: u64) -> Status;
+    fn proxy_set_effective_context(context_id: u32) -> Status;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> Status;
+    fn proxy_continue_stream(stream_type: u32) -> Status;
     fn proxy_get_buffer_bytes(
         buffer_type: u32,
         start: usize,
@@ -89,13 +92,43 @@ extern "C" {
 /// The first `max` bytes of the request body buffered so far; `None` when there is none.
 pub fn request_body(max: usize) -> Option<Vec<u8>> {
     const HTTP_REQUEST_BODY: u32 = 0;
+    buffer(HTTP_REQUEST_BODY, max)
+}
+
+/// The body of the HTTP call being answered (at most `max` bytes).
+pub fn call_response_body(max: usize) -> Option<Vec<u8>> {
+    const HTTP_CALL_RESPONSE_BODY: u32 = 4;
+    buffer(HTTP_CALL_RESPONSE_BODY, max)
+}
+
+fn buffer(buffer_type: u32, max: usize) -> Option<Vec<u8>> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
     // SAFETY: as in `header_map`: the host hands over a buffer allocated by our allocator.
-    match unsafe { proxy_get_buffer_bytes(HTTP_REQUEST_BODY, 0, max, &mut data, &mut size) } {
+    match unsafe { proxy_get_buffer_bytes(buffer_type, 0, max, &mut data, &mut size) } {
         Status::Ok if !data.is_null() => Some(unsafe { Vec::from_raw_parts(data, size, size) }),
         _ => None,
     }
+}
+
+/// Makes `context_id` the context of the host calls that follow (the SDK's wrapper panics on a
+/// status it does not expect).
+pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
+    // SAFETY: a plain value.
+    ok(unsafe { proxy_set_effective_context(context_id) })
+}
+
+/// Calls the root's `on_tick` every `ms` milliseconds.
+pub fn set_tick_period(ms: u32) -> Result<(), Status> {
+    // SAFETY: a plain value.
+    ok(unsafe { proxy_set_tick_period_milliseconds(ms) })
+}
+
+/// Lets the paused request go on.
+pub fn continue_request() -> Result<(), Status> {
+    const HTTP_REQUEST: u32 = 0;
+    // SAFETY: a plain value.
+    ok(unsafe { proxy_continue_stream(HTTP_REQUEST) })
 }
 
 /// Sets a gauge; a failure to record a stat is not worth a crash.

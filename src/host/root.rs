@@ -7,17 +7,53 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType};
 
-use super::wasm_host::WasmHost;
+use super::wasm_host::{WasmHost, CURRENT, ROOT};
 use super::{abi, http::HttpStream};
 use crate::config;
 use crate::filter::{MetricKind, Metrics, Plugin};
 
-#[derive(Default)]
 pub struct Root {
+    id: u32,
     plugin: Option<Rc<Plugin>>,
 }
 
-impl Context for Root {}
+impl Root {
+    pub fn new(id: u32) -> Root {
+        ROOT.set(id);
+        Root { id, plugin: None }
+    }
+
+    fn enter(&self) -> WasmHost {
+        CURRENT.set(self.id);
+        WasmHost
+    }
+}
+
+/// How often the root ticks when a rule uses an etcd store: leases are granted a window ahead
+/// (windows are 1 s at least), and a new proxy gets its first ones this soon after start.
+const TICK_MS: u32 = 200;
+
+/// The service this proxy serves, naming its keys in a shared etcd store: Istio's node metadata
+/// (`NAMESPACE/WORKLOAD_NAME`: the replicas of one Deployment share it), else the node's cluster
+/// (`--service-cluster`), else nothing.
+fn workload() -> String {
+    let text = |path: &[&str]| abi::property(path).and_then(|v| String::from_utf8(v).ok()).filter(|s| !s.is_empty());
+    match (text(&["node", "metadata", "NAMESPACE"]), text(&["node", "metadata", "WORKLOAD_NAME"])) {
+        (Some(ns), Some(name)) => format!("{ns}/{name}"),
+        (None, Some(name)) => name,
+        _ => text(&["node", "cluster"]).unwrap_or_default(),
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let mut host = self.enter();
+        let (status, body) = super::http::call_answer(num_headers, body_size);
+        if let Some(plugin) = &self.plugin {
+            plugin.on_root_answer(&mut host, token_id, status, &body);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
@@ -40,6 +76,7 @@ impl RootContext for Root {
             let kind = match kind {
                 MetricKind::Counter => MetricType::Counter,
                 MetricKind::Gauge => MetricType::Gauge,
+                MetricKind::Histogram => MetricType::Histogram,
             };
             hostcalls::define_metric(kind, name).ok()
         });
@@ -47,19 +84,39 @@ impl RootContext for Root {
         let name = abi::property(&["plugin_name"])
             .and_then(|n| String::from_utf8(n).ok())
             .unwrap_or_else(|| "meshguard".to_string());
-        let plugin = Plugin::new(config, metrics, &name);
-        if let Err(e) = plugin.init_shared(&mut WasmHost) {
+        let mut host = self.enter();
+        let plugin = Plugin::for_workload(config, metrics, &name, &workload());
+        if let Err(e) = plugin.init_shared(&mut host) {
             // Not fatal: the first request creates what is missing.
             abi::log(LogLevel::Warn, &format!("meshguard: cannot initialise shared data: {}", e.0));
+        }
+        if !plugin.etcd_stores().is_empty() {
+            for store in plugin.etcd_stores() {
+                abi::log(
+                    LogLevel::Info,
+                    &format!("meshguard: dedup store etcd via cluster {}, keys under {}", store.config.cluster, store.base),
+                );
+            }
+            // Not granted from here: a call made while Envoy initialises can go unanswered.
+            if abi::set_tick_period(TICK_MS).is_err() {
+                abi::log(LogLevel::Error, "meshguard: cannot set the tick period: etcd leases will not be granted");
+            }
         }
         self.plugin = Some(Rc::new(plugin));
         true
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn proxy_wasm::traits::HttpContext>> {
+    fn on_tick(&mut self) {
+        let mut host = self.enter();
+        if let Some(plugin) = &self.plugin {
+            plugin.on_tick(&mut host);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn proxy_wasm::traits::HttpContext>> {
         // Without a configuration (cannot happen after a successful on_configure) pass through.
         let plugin = self.plugin.clone().unwrap_or_default();
-        Some(Box::new(HttpStream::new(plugin)))
+        Some(Box::new(HttpStream::new(context_id, plugin)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -2,14 +2,24 @@
 
 use proxy_wasm::types::{LogLevel as WasmLevel, MapType};
 
+use std::cell::Cell;
+use std::time::Duration;
+
 use super::abi;
 use crate::config::LogLevel;
-use crate::filter::{Host, HostError, MetricId};
+use crate::filter::{Callout, Host, HostError, MetricId};
 use crate::headers::HeaderMap;
 use crate::reply::Reply;
 
 /// Host calls for the current stream (proxy-wasm sets the effective context before each callback).
 pub struct WasmHost;
+
+thread_local! {
+    /// The root context of this worker's VM, and the context whose callback runs now: a detached
+    /// call is sent as the root's, then the stream's context is made current again.
+    pub static ROOT: Cell<u32> = const { Cell::new(0) };
+    pub static CURRENT: Cell<u32> = const { Cell::new(0) };
+}
 
 impl Host for WasmHost {
     fn request_headers(&mut self) -> HeaderMap {
@@ -83,6 +93,40 @@ impl Host for WasmHost {
         // Replaces bytes [0, size) of the chunk with nothing; `size` is the chunk's length, as
         // Envoy drains exactly that many.
         abi::set_request_body(0, size, &[]).map_err(|_| HostError("cannot drop request body"))
+    }
+
+    fn http_call(&mut self, call: &Callout) -> Result<u32, HostError> {
+        let headers = vec![
+            (":method", "POST"),
+            (":path", call.path),
+            (":authority", call.authority.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let timeout = Duration::from_millis(u64::from(call.timeout_ms));
+        let (root, current) = (ROOT.get(), CURRENT.get());
+        // A call belongs to the context current in the host: Envoy cancels a stream's calls when
+        // the stream ends, so a completion sent at the end of a stream goes as the root's.
+        let detach = call.detached && root != 0 && root != current;
+        if detach && abi::set_effective_context(root).is_err() {
+            return Err(HostError("cannot switch to the root context"));
+        }
+        // The SDK's HTTP dispatch returns BadArgument (unknown cluster, bad headers) and
+        // InternalFailure as errors: the only statuses Envoy's httpCall answers besides Ok. (Its
+        // gRPC dispatch panics on one Envoy can return; it is not used.) It registers the token
+        // under the callback's context, so the answer comes to this stream while it lives.
+        let result = proxy_wasm::hostcalls::dispatch_http_call(&call.cluster, headers, Some(&call.body), vec![], timeout);
+        if detach {
+            let _ = abi::set_effective_context(current);
+        }
+        result.map_err(|_| HostError("cannot send the call to the dedup store (unknown cluster?)"))
+    }
+
+    fn resume_request(&mut self) -> Result<(), HostError> {
+        abi::continue_request().map_err(|_| HostError("cannot resume the request"))
+    }
+
+    fn record(&mut self, metric: MetricId, value: u64) {
+        abi::record_metric(metric, value);
     }
 
     fn set_gauge(&mut self, metric: MetricId, value: u64) {
