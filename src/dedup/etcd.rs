@@ -376,3 +376,121 @@ pub fn adopt(orphans: &mut Vec<Orphan>, orphan: Orphan) {
     }
     orphans.push(orphan);
 }
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn values_round_trip_and_foreign_values_are_refused() {
+        for v in [
+            Value::InFlight { nonce: 0xdead_beef, fingerprint: 7 },
+            Value::Completed { status: 201, fingerprint: u64::MAX, expires_ms: 1_796_000_000_000 },
+        ] {
+            assert_eq!(Value::decode(v.encode().as_bytes()), Some(v));
+        }
+        assert_eq!(Value::InFlight { nonce: 1, fingerprint: 2 }.encode(), "mg1 F 00000001 0000000000000002");
+        for bad in ["", "mg1", "mg2 F 1 2", "mg1 F 1", "mg1 F 1 2 3", "mg1 C x 2 3", "mg1 X 1 2", "mg1 F zz 2"] {
+            assert_eq!(Value::decode(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    /// Answers as etcd 3.4.23's JSON gateway gave them (checked by hand, docs/etcd-store.md).
+    #[test]
+    fn answers_of_the_json_gateway_are_read() {
+        let claimed = br#"{"header":{"cluster_id":"3","member_id":"3","revision":"2","raft_term":"2"},"succeeded":true,"responses":[{"response_put":{"header":{"revision":"2"}}}]}"#;
+        assert_eq!(claim_answer(Some(200), claimed), ClaimAnswer::Claimed);
+        let value = B64.encode("mg1 C 201 0000000000000000 1796023268404");
+        let found = format!(
+            r#"{{"header":{{"revision":"2"}},"responses":[{{"response_range":{{"header":{{"revision":"2"}},"kvs":[{{"key":"L21nL2E=","create_revision":"2","mod_revision":"2","version":"1","value":"{value}"}}],"count":"1"}}}}]}}"#
+        );
+        assert_eq!(
+            claim_answer(Some(200), found.as_bytes()),
+            ClaimAnswer::Found(Value::Completed { status: 201, fingerprint: 0, expires_ms: 1_796_023_268_404 })
+        );
+        let gone = br#"{"error":"etcdserver: requested lease not found","message":"etcdserver: requested lease not found","code":5}"#;
+        assert_eq!(claim_answer(Some(404), gone), ClaimAnswer::LeaseGone);
+        assert!(matches!(claim_answer(None, b""), ClaimAnswer::Failed(_)));
+        assert!(matches!(claim_answer(Some(503), b"upstream connect error"), ClaimAnswer::Failed(_)));
+        assert!(matches!(claim_answer(Some(200), b"{}"), ClaimAnswer::Failed(_)), "no value, no claim");
+        let foreign = format!(r#"{{"responses":[{{"response_range":{{"kvs":[{{"value":"{}"}}]}}}}]}}"#, B64.encode("x"));
+        assert!(matches!(claim_answer(Some(200), foreign.as_bytes()), ClaimAnswer::Failed(_)));
+        // `succeeded` is omitted when false.
+        assert_eq!(write_answer(Some(200), br#"{"header":{"revision":"3"}}"#), Ok(false));
+        assert_eq!(write_answer(Some(200), br#"{"header":{},"succeeded":true}"#), Ok(true));
+        assert!(write_answer(Some(500), b"").is_err());
+        assert_eq!(grant_answer(Some(200), br#"{"header":{},"ID":"2324035714436324869","TTL":"5"}"#), Ok(2324035714436324869));
+        assert!(grant_answer(Some(200), br#"{"ID":"0"}"#).is_err());
+    }
+
+    #[test]
+    fn the_claim_creates_only_an_absent_key_and_the_writes_are_conditioned_on_the_claim() {
+        let held = Value::InFlight { nonce: 9, fingerprint: 1 };
+        let claim: Json = serde_json::from_slice(&claim_body("/p/w/ab", &held, 42)).unwrap();
+        assert_eq!(claim["compare"][0]["target"], "CREATE");
+        assert_eq!(claim["compare"][0]["createRevision"], "0");
+        assert_eq!(claim["success"][0]["requestPut"]["lease"], "42");
+        assert_eq!(claim["failure"][0]["requestRange"]["key"], B64.encode("/p/w/ab"));
+        let done = Value::Completed { status: 200, fingerprint: 1, expires_ms: 5 };
+        for body in [complete_body("/p/w/ab", &held, &done, 43), release_body("/p/w/ab", &held)] {
+            let j: Json = serde_json::from_slice(&body).unwrap();
+            assert_eq!(j["compare"][0]["target"], "VALUE");
+            assert_eq!(j["compare"][0]["value"], B64.encode(held.encode()));
+            assert!(j.get("failure").is_none());
+        }
+        assert_eq!(key("/meshguard/ns/app/", 255), "/meshguard/ns/app/000000000000000000000000000000ff");
+        assert_eq!(base("/meshguard/", ""), "/meshguard/-/");
+    }
+
+    #[test]
+    fn a_key_lives_at_least_its_ttl_and_at_most_one_window_more() {
+        for ttl in [SECOND, 30 * SECOND, 600 * SECOND, 86_400 * SECOND] {
+            let w = window_size(ttl);
+            assert!((SECOND..=600 * SECOND).contains(&w));
+            for now in [1_800_000_000 * SECOND, 1_800_000_000 * SECOND + w - 1, 1_800_000_000 * SECOND + w / 2] {
+                let window = window_of(now, ttl);
+                // Granted at the start of the previous window (ahead) or now.
+                for granted in [(window - 1) * w, now] {
+                    let ends = granted + lease_secs(window, ttl, granted) * SECOND;
+                    assert!(ends >= now + ttl, "ttl {ttl}: a key written at {now} must live its ttl");
+                    assert!(ends <= now + ttl + w + SECOND, "ttl {ttl}: at most a window more");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_grant_per_window_until_it_goes_stale() {
+        let mut t = LeaseTable::default();
+        let (ttl, now) = (30 * SECOND, 1_000 * SECOND);
+        let w = window_of(now, ttl);
+        assert!(t.start_grant(ttl, w, now, SECOND));
+        assert!(!t.start_grant(ttl, w, now + 1, SECOND), "another worker is granting it");
+        assert!(t.start_grant(ttl, w, now + 2 * SECOND, SECOND), "stale: taken over");
+        t.granted(ttl, w, 99);
+        assert_eq!(t.lease(ttl, w), Some(99));
+        assert!(!t.start_grant(ttl, w, now + 3 * SECOND, SECOND), "granted");
+        assert_eq!(LeaseTable::decode(&t.encode()), Some(t.clone()));
+        t.forget(99);
+        assert_eq!(t.lease(ttl, w), None);
+        t.granted(ttl, w, 100);
+        let later = now + 100 * SECOND;
+        assert!(t.start_grant(ttl, window_of(later, ttl), later, SECOND));
+        assert_eq!(t.leases.len(), 1, "past windows are dropped");
+    }
+
+    #[test]
+    fn health_cools_off_after_a_failure() {
+        let mut h = Health::default();
+        assert!(h.usable(0));
+        assert!(h.failed(10));
+        assert!(!h.usable(10 + COOL_OFF - 1));
+        assert!(h.usable(10 + COOL_OFF));
+        assert!(!h.failed(10 + COOL_OFF), "already down");
+        assert!(h.answered());
+        assert!(!h.answered());
+    }
+}

@@ -856,4 +856,5 @@ fn a_deferred_dedup_answer_goes_at_once_if_the_body_cannot_be_dropped_and_never_
 }
 
 mod body_keys;
+mod etcd;
 mod outcomes;
