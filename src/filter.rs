@@ -26,9 +26,9 @@ use crate::breaker::stage::{CircuitRule, CircuitStage};
 use crate::breaker::Ending;
 use crate::breaker::{self, Snapshot};
 use crate::config::Config;
+use crate::config::Store;
 use crate::config::TraceMode;
 use crate::correlation::stage::CorrelationStage;
-use crate::config::Store;
 use crate::dedup::remote::EtcdStore;
 use crate::dedup::stage::{DedupRule, DedupStage};
 use crate::dedup::store::{Bucket, BucketKeys};
@@ -357,7 +357,14 @@ impl Stream {
 
     /// The answer to a call this stream sent: its claim (the request goes on, or meshguard
     /// answers it), or a completion or release whose stream was still there to receive it.
-    pub fn on_call_answer(&mut self, plugin: &Plugin, host: &mut impl Host, token: u32, status: Option<u32>, body: &[u8]) {
+    pub fn on_call_answer(
+        &mut self,
+        plugin: &Plugin,
+        host: &mut impl Host,
+        token: u32,
+        status: Option<u32>,
+        body: &[u8],
+    ) {
         let Some(rule) = plugin.dedup(self.rule) else {
             return;
         };

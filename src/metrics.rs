@@ -10,8 +10,8 @@ use std::cell::Cell;
 
 use crate::breaker::Phase;
 use crate::config::{Config, Store};
-use crate::dedup::remote::StoreOutcome;
 use crate::correlation::CorrelationOutcome;
+use crate::dedup::remote::StoreOutcome;
 use crate::dedup::store::EntryChanges;
 use crate::dedup::DedupOutcome;
 use crate::filter::{Effects, MetricId, MetricKind};

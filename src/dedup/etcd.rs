@@ -313,10 +313,16 @@ impl LeaseTable {
         if version != 1 || rest.len() % 32 != 0 {
             return None;
         }
-        let u64_at = |c: &[u8], at: usize| -> Option<u64> { Some(u64::from_le_bytes(c.get(at..at + 8)?.try_into().ok()?)) };
+        let u64_at =
+            |c: &[u8], at: usize| -> Option<u64> { Some(u64::from_le_bytes(c.get(at..at + 8)?.try_into().ok()?)) };
         let mut leases = Vec::with_capacity(rest.len() / 32);
         for c in rest.chunks_exact(32) {
-            leases.push(Lease { ttl: u64_at(c, 0)?, window: u64_at(c, 8)?, id: u64_at(c, 16)? as i64, at: u64_at(c, 24)? });
+            leases.push(Lease {
+                ttl: u64_at(c, 0)?,
+                window: u64_at(c, 8)?,
+                id: u64_at(c, 16)? as i64,
+                at: u64_at(c, 24)?,
+            });
         }
         Some(LeaseTable { leases })
     }
@@ -416,13 +422,17 @@ mod tests {
         assert!(matches!(claim_answer(None, b""), ClaimAnswer::Failed(_)));
         assert!(matches!(claim_answer(Some(503), b"upstream connect error"), ClaimAnswer::Failed(_)));
         assert!(matches!(claim_answer(Some(200), b"{}"), ClaimAnswer::Failed(_)), "no value, no claim");
-        let foreign = format!(r#"{{"responses":[{{"response_range":{{"kvs":[{{"value":"{}"}}]}}}}]}}"#, B64.encode("x"));
+        let foreign =
+            format!(r#"{{"responses":[{{"response_range":{{"kvs":[{{"value":"{}"}}]}}}}]}}"#, B64.encode("x"));
         assert!(matches!(claim_answer(Some(200), foreign.as_bytes()), ClaimAnswer::Failed(_)));
         // `succeeded` is omitted when false.
         assert_eq!(write_answer(Some(200), br#"{"header":{"revision":"3"}}"#), Ok(false));
         assert_eq!(write_answer(Some(200), br#"{"header":{},"succeeded":true}"#), Ok(true));
         assert!(write_answer(Some(500), b"").is_err());
-        assert_eq!(grant_answer(Some(200), br#"{"header":{},"ID":"2324035714436324869","TTL":"5"}"#), Ok(2324035714436324869));
+        assert_eq!(
+            grant_answer(Some(200), br#"{"header":{},"ID":"2324035714436324869","TTL":"5"}"#),
+            Ok(2324035714436324869)
+        );
         assert!(grant_answer(Some(200), br#"{"ID":"0"}"#).is_err());
     }
 

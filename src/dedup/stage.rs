@@ -408,7 +408,15 @@ impl DedupStage {
             Check::First => {
                 self.held = Some((Held { id, nonce }, bucket));
                 if let Some(store) = rule.etcd {
-                    return self.claim_remote(rule, store, host, id, Value::InFlight { nonce, fingerprint: print }, now, fx);
+                    return self.claim_remote(
+                        rule,
+                        store,
+                        host,
+                        id,
+                        Value::InFlight { nonce, fingerprint: print },
+                        now,
+                        fx,
+                    );
                 }
                 self.record(rule, DedupOutcome::First, fx);
                 None
@@ -530,7 +538,13 @@ impl DedupStage {
     }
 
     /// The claim could not be sent.
-    pub fn on_unsent(&mut self, rule: &DedupRule, host: &mut impl Host, error: HostError, fx: &mut Effects) -> Option<Refusal> {
+    pub fn on_unsent(
+        &mut self,
+        rule: &DedupRule,
+        host: &mut impl Host,
+        error: HostError,
+        fx: &mut Effects,
+    ) -> Option<Refusal> {
         let reason = error.0.to_string();
         let refusal = match std::mem::take(&mut self.remote) {
             Remote::Claiming { .. } => {

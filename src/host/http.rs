@@ -43,7 +43,11 @@ pub fn call_answer(num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8
     }
     let status = abi::header_value(proxy_wasm::types::MapType::HttpCallResponseHeaders, ":status")
         .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
-    let body = if body_size == 0 { Vec::new() } else { abi::call_response_body(body_size.min(MAX_ANSWER)).unwrap_or_default() };
+    let body = if body_size == 0 {
+        Vec::new()
+    } else {
+        abi::call_response_body(body_size.min(MAX_ANSWER)).unwrap_or_default()
+    };
     (status, body)
 }
 

@@ -94,7 +94,10 @@ impl RootContext for Root {
             for store in plugin.etcd_stores() {
                 abi::log(
                     LogLevel::Info,
-                    &format!("meshguard: dedup store etcd via cluster {}, keys under {}", store.config.cluster, store.base),
+                    &format!(
+                        "meshguard: dedup store etcd via cluster {}, keys under {}",
+                        store.config.cluster, store.base
+                    ),
                 );
             }
             // Not granted from here: a call made while Envoy initialises can go unanswered.

@@ -114,7 +114,8 @@ impl Host for WasmHost {
         // InternalFailure as errors: the only statuses Envoy's httpCall answers besides Ok. (Its
         // gRPC dispatch panics on one Envoy can return; it is not used.) It registers the token
         // under the callback's context, so the answer comes to this stream while it lives.
-        let result = proxy_wasm::hostcalls::dispatch_http_call(&call.cluster, headers, Some(&call.body), vec![], timeout);
+        let result =
+            proxy_wasm::hostcalls::dispatch_http_call(&call.cluster, headers, Some(&call.body), vec![], timeout);
         if detach {
             let _ = abi::set_effective_context(current);
         }

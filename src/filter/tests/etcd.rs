@@ -77,11 +77,6 @@ impl FakeEtcd {
         (Some(200), format!(r#"{{"header":{{}},{succeeded}"responses":[{}]}}"#, responses.join(",")).into_bytes())
     }
 
-    fn value(&self, key_suffix: &str) -> Option<Value> {
-        let (_, (v, _)) = self.kv.iter().find(|(k, _)| k.ends_with(key_suffix.as_bytes()))?;
-        Value::decode(v)
-    }
-
     fn values(&self) -> Vec<Value> {
         self.kv.values().filter_map(|(v, _)| Value::decode(v)).collect()
     }
@@ -161,7 +156,12 @@ impl Replica {
 }
 
 fn event(host: &mut FakeHost, id: &str) {
-    host.set_request(&[(":method", b"POST"), (":path", b"/orders"), ("x-event-id", id.as_bytes()), ("content-length", b"0")]);
+    host.set_request(&[
+        (":method", b"POST"),
+        (":path", b"/orders"),
+        ("x-event-id", id.as_bytes()),
+        ("content-length", b"0"),
+    ]);
 }
 
 /// A delivery on `replica` up to its claim: the verdict, the host and the stream.
@@ -249,7 +249,11 @@ fn a_completed_event_is_a_duplicate_on_every_replica_and_their_caches_learn_it()
     assert_eq!(reply.header("x-meshguard-dedup"), Some(&b"duplicate"[..]));
     assert_eq!(b.counter("outcome=.=duplicate;.;meshguard_dedup_store_total"), 1);
     assert_eq!(b.counter("rule=.=default;.;outcome=.=duplicate;.;meshguard_dedup_total"), 1);
-    assert_eq!(b.counter("rule=.=default;.;outcome=.=first;.;meshguard_dedup_total"), 0, "counted once, as what it was");
+    assert_eq!(
+        b.counter("rule=.=default;.;outcome=.=first;.;meshguard_dedup_total"),
+        0,
+        "counted once, as what it was"
+    );
     let txns = etcd.txns;
     let (verdict, host, _) = deliver(&b, "e-2");
     assert_eq!((verdict, host.calls.len(), etcd.txns), (Verdict::Stop, 0, txns), "b's cache learned it");
