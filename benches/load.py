@@ -135,8 +135,11 @@ class Config:
     1 KiB JSON event, a fresh id per request in `x-event-id` or in the body's `eventId`);
     `local`: every answer is meshguard's own reply (an error status by design)."""
 
-    def __init__(self, desc, filters, load="get", path="/", local=False, hcm=None, otel=False, upstream=False):
+    def __init__(self, desc, filters, load="get", path="/", local=False, hcm=None, otel=False, upstream=False, etcd=False):
         self.desc, self.filters, self.load, self.path, self.local = desc, filters, load, path, local
+        # meshguard's dedup store in a local etcd (one member, started by the benchmark, pinned
+        # to CPU 1 with the client): its CPU is reported beside Envoy's.
+        self.etcd = etcd
         # Proxied to the sink Envoy (which answers at once) instead of a direct response: Envoy
         # reads the request body only for a request it forwards.
         self.upstream = upstream
@@ -151,7 +154,7 @@ class Config:
 
     def store_entries(self):
         """max_entries of meshguard's dedup store when this configuration fills it (unique keys)."""
-        if self.load not in ("unique", "json-header", "json-body"):
+        if self.load not in ("unique", "json-header", "json-body") or self.etcd:
             return None
         for f in self.filters:
             if f["name"] != "meshguard":
@@ -164,6 +167,12 @@ class Config:
             sizes = [s.get("max_entries", 100000) for s in sections if isinstance(s, dict)]
             return max(sizes) if sizes else None
         return None
+
+
+ETCD_CLUSTER = "etcd"
+ETCD_STORE = json.dumps(
+    {"dedup": {"max_entries": 100000, "store": {"type": "etcd", "cluster": ETCD_CLUSTER, "authority": "etcd", "timeout": "500ms"}}}
+)
 
 
 def rules(n):
@@ -240,6 +249,18 @@ CONFIGS = {
         meshguard('{"dedup": {"max_entries": 1000000}}'),
         load="unique",
     ),
+    "dedup-etcd": Config(
+        "meshguard, dedup on a first-seen key (POST, unique x-event-id) with store etcd: one claim round trip per request",
+        meshguard(ETCD_STORE),
+        load="unique",
+        etcd=True,
+    ),
+    "dedup-etcd-replay": Config(
+        "meshguard, dedup with store etcd answering a duplicate from its own cache (POST, the same x-event-id)",
+        meshguard(ETCD_STORE),
+        load="same",
+        etcd=True,
+    ),
     "log-line": Config("meshguard + one JSON log line per request", meshguard('{"log": {"requests": true}}')),
     "key-header-1k": Config(
         "meshguard dedup, POST of a 1 KiB JSON event, a first-seen key in x-event-id",
@@ -293,7 +314,65 @@ def listener(name, port, hcm):
     }
 
 
-def bootstrap(port, admin, config, sink_port=None, otel_flush_spans=None, upstream_port=None):
+def static_cluster(name, port, http2=False):
+    c = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
+        },
+    }
+    if http2:
+        c["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return c
+
+
+class Etcd:
+    """One etcd member on loopback with a temporary data directory (Debian's etcd-server)."""
+
+    def __init__(self, workdir):
+        self.port, peer = free_port(), free_port()
+        data = os.path.join(workdir, "etcd-data")
+        self.log_path = os.path.join(workdir, "etcd.log")
+        self.log = open(self.log_path, "w")
+        cmd = [
+            "etcd", "--data-dir", data, "--name", "bench",
+            "--listen-client-urls", f"http://127.0.0.1:{self.port}", "--advertise-client-urls", f"http://127.0.0.1:{self.port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-cluster", f"bench=http://127.0.0.1:{peer}", "--log-level", "warn", "--logger", "zap",
+        ]
+        self.proc = subprocess.Popen(pinned(cmd), stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v3/kv/range", data=b'{"key":"AA=="}', method="POST")
+                with urllib.request.urlopen(req, timeout=1) as r:
+                    r.read()
+                    return
+            except OSError:
+                time.sleep(0.1)
+        sys.exit(f"etcd not ready after 30 s; see {self.log_path}")
+
+    def cpu_seconds(self):
+        return procstat.cpu_seconds(self.proc.pid)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def bootstrap(port, admin, config, sink_port=None, otel_flush_spans=None, upstream_port=None, etcd_port=None):
     routes = [{"name": "bench", "match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]
     if config.upstream:
         routes = [{"name": "bench", "match": {"prefix": "/"}, "route": {"cluster": UPSTREAM_CLUSTER}}]
@@ -313,6 +392,8 @@ def bootstrap(port, admin, config, sink_port=None, otel_flush_spans=None, upstre
                 },
             }
         ]
+    if config.etcd:
+        b["static_resources"].setdefault("clusters", []).append(static_cluster(ETCD_CLUSTER, etcd_port))
     if config.otel:
         b["static_resources"]["clusters"] = [
             {
@@ -737,7 +818,7 @@ def main():
     info["load_before"] = procstat.loadavg()
     info["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     workdir = tempfile.mkdtemp(prefix="meshguard-bench-")
-    envoys, sink, upstream = {}, None, None
+    envoys, sink, upstream, etcd = {}, None, None, None
     started = time.time()
     try:
         configs = list(dict.fromkeys(r.config_name for r in rows))
@@ -747,10 +828,20 @@ def main():
         if any(CONFIGS[c].upstream for c in configs):
             up_port, up_admin = free_port(), free_port()
             upstream = Envoy("upstream", upstream_bootstrap(up_port, up_admin), workdir, cpu="1", port=up_port, admin=up_admin)
+        if any(CONFIGS[c].etcd for c in configs):
+            if not shutil.which("etcd"):
+                sys.exit("etcd is missing (Debian etcd-server); scripts/bench.sh installs it")
+            etcd = Etcd(workdir)
         for c in configs:
             port, admin = free_port(), free_port()
             b = bootstrap(
-                port, admin, CONFIGS[c], sink.port if sink else None, args.otel_flush_spans, upstream.port if upstream else None
+                port,
+                admin,
+                CONFIGS[c],
+                sink.port if sink else None,
+                args.otel_flush_spans,
+                upstream.port if upstream else None,
+                etcd.port if etcd else None,
             )
             envoys[c] = Envoy(c, b, workdir, port=port, admin=admin)
         fills = {}
@@ -758,6 +849,11 @@ def main():
             for row in rows:
                 if row.proto == "h1" and row.config.store_entries() and row.config_name not in fills:
                     fills[row.config_name] = fill_store(row, envoys[row.config_name], args, workdir)
+        if etcd:  # the first leases are granted on the first ticks
+            time.sleep(1)
+        for c in configs:  # the replayed event is processed once before concurrent copies arrive
+            if CONFIGS[c].load == "same":
+                send_h1(envoys[c].port, CONFIGS[c], 1)
         for row in rows:  # warm-up: JIT, connection pools, allocator
             run_load(row, envoys[row.config_name], 2, args, workdir)
         samples = {r.name: [] for r in rows}
@@ -766,11 +862,15 @@ def main():
             for row in order:
                 e = envoys[row.config_name]
                 before = e.cpu_seconds()
+                store_before = etcd.cpu_seconds() if etcd and row.config.etcd else None
                 r = run_load(row, e, args.duration, args, workdir)
                 if r["requests"] == 0 or e.proc.poll() is not None:
                     sys.exit(f"{row.name}: no requests completed (Envoy {'exited' if e.proc.poll() is not None else 'stalled'}); see {e.log_path}")
                 cpu_us = (e.cpu_seconds() - before) * 1e6 / r["requests"]
-                samples[row.name].append({"cpu_us": cpu_us, "rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"]})
+                sample = {"cpu_us": cpu_us, "rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"]}
+                if store_before is not None:
+                    sample["etcd_cpu_us"] = (etcd.cpu_seconds() - store_before) * 1e6 / r["requests"]
+                samples[row.name].append(sample)
             print(f"round {rnd + 1}/{args.rounds} done ({time.time() - started:.0f} s)", file=sys.stderr)
         rss = {r.name: envoys[r.config_name].rss_mb() for r in rows}
         notes = collect_notes(rows, envoys, sink)
@@ -787,6 +887,8 @@ def main():
             sink.stop()
         if upstream:
             upstream.stop()
+        if etcd:
+            etcd.stop()
 
     report(args, command, info, rows, samples, rss, counts, notes, fills)
     if args.json:
@@ -831,6 +933,14 @@ def collect_notes(rows, envoys, sink):
                 "evictions": s.get("wasmcustom.meshguard_dedup_evictions_total", 0),
                 "outcomes": {k: v for k, v in outcomes.items() if v},
             }
+        if config.etcd:
+            s = e.stats(r"meshguard_dedup_store_total$")
+            outcomes = {}
+            for k, v in s.items():
+                m = re.search(r"outcome=\.=(\w+);", k)
+                if m and v:
+                    outcomes[m.group(1)] = v
+            notes.setdefault(c, {})["store_outcomes"] = outcomes
     return notes
 
 
@@ -904,6 +1014,16 @@ def report(args, command, info, rows, samples, rss, counts, notes, fills):
                 f"`{c}`: store of max_entries {n['max_entries']} ({3 * n['max_entries']} slots) held {n['entries']} "
                 f"entries at the end{fill}; {n['evictions']} evictions; outcomes "
                 + ", ".join(f"{k} {v}" for k, v in sorted(n["outcomes"].items()))
+            )
+    for r in rows:
+        store = [x["etcd_cpu_us"] for x in samples[r.name] if "etcd_cpu_us" in x]
+        if store:
+            s = [x for x in samples[r.name]]
+            outcomes = notes.get(r.config_name, {}).get("store_outcomes", {})
+            lines.append(
+                f"`{r.name}`: etcd's own CPU {statistics.median(store):.1f} µs/request (one member on CPU 1, beside the client; "
+                f"not in Envoy's column); store outcomes "
+                + (", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "none")
             )
     if lines:
         print("\nNotes:\n")
