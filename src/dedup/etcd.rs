@@ -164,12 +164,11 @@ fn json(status: Option<u32>, body: &[u8]) -> Result<Json, String> {
     }
 }
 
+/// etcd's answer to a put naming a lease it does not have: 404 with gRPC code 5 (NOT_FOUND),
+/// the only NOT_FOUND a transaction can answer.
 fn lease_gone(status: Option<u32>, body: &[u8]) -> bool {
     status == Some(404)
-        && serde_json::from_slice::<Json>(body)
-            .ok()
-            .and_then(|j| j.get("message").or_else(|| j.get("error")).and_then(Json::as_str).map(str::to_string))
-            .is_some_and(|m| m.contains("lease not found"))
+        && serde_json::from_slice::<Json>(body).ok().and_then(|j| j.get("code").and_then(Json::as_u64)) == Some(5)
 }
 
 /// Reads the answer to [`claim_body`]. `succeeded` is omitted when false (proto3 JSON); a

@@ -271,7 +271,18 @@ impl EtcdStore {
             Pending::Grant { ttl, window } => match etcd::grant_answer(status, body) {
                 Ok(id) => {
                     let (ttl, window) = (*ttl, *window);
-                    let _ = update_table(host, &self.table_key, |t| t.granted(ttl, window, id));
+                    let first = update_table(host, &self.table_key, |t| {
+                        let first = !t.leases.iter().any(|l| l.id != 0);
+                        t.granted(ttl, window, id);
+                        first
+                    });
+                    if first == Some(true) {
+                        // Once per proxy: from now on claims go to etcd.
+                        host.log(
+                            LogLevel::Info,
+                            &format!("meshguard: dedup store etcd ({}) ready: leases granted", self.config.cluster),
+                        );
+                    }
                     self.leases.borrow_mut().push(Lease { ttl, window, id, at: now });
                     Ok(())
                 }

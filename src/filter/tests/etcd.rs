@@ -378,6 +378,8 @@ fn leases_are_granted_once_per_window_by_one_worker_and_never_per_request() {
     let mut etcd = FakeEtcd::default();
     let a = Replica::with_workers(&config("local"), &mut etcd, T0, 2);
     assert_eq!(etcd.leases.len(), 4, "one worker granted them");
+    let ready = a.host().logs().iter().filter(|(_, l)| l.contains("ready: leases granted")).count();
+    assert_eq!(ready, 1, "said once per proxy");
     for i in 0..20 {
         processed(&a, &mut etcd, &format!("e-{i}"), "200");
     }
