@@ -375,7 +375,16 @@ impl Stream {
             return;
         }
         let mut fx = plugin.effects();
-        let refusal = self.dedup.on_claim_answer(&rule, host, status, body, &mut fx);
+        let mut refusal = self.dedup.on_claim_answer(&rule, host, status, body, &mut fx);
+        if refusal.is_none() && self.dedup.claiming() {
+            // The claim goes once more (a fast failure): the request keeps waiting.
+            let waits;
+            (waits, refusal) = self.send_claim(&rule, host, &mut fx);
+            if waits {
+                self.apply(plugin, host, fx, None);
+                return;
+            }
+        }
         let reply = refusal.map(|r| {
             let trace_id = self.trace.context().map(|c| c.trace_id_hex());
             self.reply(plugin, &r, trace_id.as_deref())

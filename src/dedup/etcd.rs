@@ -40,7 +40,7 @@ pub fn base(prefix: &str, workload: &str) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Value {
     /// A delivery is being processed; only the holder of `nonce` completes or releases it.
-    InFlight { nonce: u32, fingerprint: u64 },
+    InFlight { nonce: u64, fingerprint: u64 },
     /// Processed with `status`; a duplicate until `expires` (ms since the epoch).
     Completed { status: u16, fingerprint: u64, expires_ms: u64 },
 }
@@ -50,7 +50,7 @@ impl Value {
     /// nonce and the fingerprint): readable with `etcdctl get`.
     pub fn encode(&self) -> String {
         match self {
-            Value::InFlight { nonce, fingerprint } => format!("mg1 F {nonce:08x} {fingerprint:016x}"),
+            Value::InFlight { nonce, fingerprint } => format!("mg1 F {nonce:016x} {fingerprint:016x}"),
             Value::Completed { status, fingerprint, expires_ms } => {
                 format!("mg1 C {status} {fingerprint:016x} {expires_ms}")
             }
@@ -65,7 +65,7 @@ impl Value {
         }
         let value = match parts.next()? {
             "F" => Value::InFlight {
-                nonce: u32::from_str_radix(parts.next()?, 16).ok()?,
+                nonce: u64::from_str_radix(parts.next()?, 16).ok()?,
                 fingerprint: u64::from_str_radix(parts.next()?, 16).ok()?,
             },
             "C" => Value::Completed {
@@ -397,7 +397,7 @@ mod tests {
         ] {
             assert_eq!(Value::decode(v.encode().as_bytes()), Some(v));
         }
-        assert_eq!(Value::InFlight { nonce: 1, fingerprint: 2 }.encode(), "mg1 F 00000001 0000000000000002");
+        assert_eq!(Value::InFlight { nonce: 1, fingerprint: 2 }.encode(), "mg1 F 0000000000000001 0000000000000002");
         for bad in ["", "mg1", "mg2 F 1 2", "mg1 F 1", "mg1 F 1 2 3", "mg1 C x 2 3", "mg1 X 1 2", "mg1 F zz 2"] {
             assert_eq!(Value::decode(bad.as_bytes()), None, "{bad}");
         }

@@ -49,8 +49,9 @@ pub struct DedupStage {
 enum Remote {
     #[default]
     None,
-    /// The claim is out (the request paused) since `sent`, on lease `lease`; `token` once sent.
-    Claiming { key: String, held: Value, lease: i64, sent: u64, token: Option<u32> },
+    /// The claim is out (the request paused) since `sent`, on lease `lease`; `token` once sent;
+    /// `retried` once it was sent a second time.
+    Claiming { key: String, held: Value, lease: i64, sent: u64, token: Option<u32>, retried: bool },
     /// The claim landed: the call's outcome completes or releases it.
     Holding { key: String, held: Value },
 }
@@ -413,7 +414,10 @@ impl DedupStage {
                         store,
                         host,
                         id,
-                        Value::InFlight { nonce, fingerprint: print },
+                        // The delivery's nonce and the clock's nanoseconds: two replicas
+                        // claiming one key never hold the same value (it is what lets a claim
+                        // recognise its own landed attempt).
+                        Value::InFlight { nonce: u64::from(nonce) << 32 | (now & 0xffff_ffff), fingerprint: print },
                         now,
                         fx,
                     );
@@ -533,7 +537,7 @@ impl DedupStage {
         };
         let key = store.key(id);
         self.call = Some(store.call(etcd::TXN_PATH, etcd::claim_body(&key, &held, lease), false));
-        self.remote = Remote::Claiming { key, held, lease, sent: now, token: None };
+        self.remote = Remote::Claiming { key, held, lease, sent: now, token: None, retried: false };
         None
     }
 
@@ -591,7 +595,7 @@ impl DedupStage {
         body: &[u8],
         fx: &mut Effects,
     ) -> Option<Refusal> {
-        let Remote::Claiming { key, held, lease, sent, .. } = std::mem::take(&mut self.remote) else {
+        let Remote::Claiming { key, held, lease, sent, retried, .. } = std::mem::take(&mut self.remote) else {
             return None;
         };
         let store = rule.etcd?;
@@ -608,7 +612,26 @@ impl DedupStage {
                 self.record(rule, DedupOutcome::First, fx);
                 return None;
             }
+            // Our own claim: an earlier attempt landed though its answer was lost.
+            ClaimAnswer::Found(found) if found == held => {
+                store.answered(host);
+                fx.count(store.metrics.outcome(StoreOutcome::Claimed));
+                self.remote = Remote::Holding { key, held };
+                self.record(rule, DedupOutcome::First, fx);
+                return None;
+            }
             ClaimAnswer::Found(found) => found,
+            ClaimAnswer::Failed(_) if !retried && took < store.timeout() => {
+                // A fast failure (a member gone: refused, reset) is sent once more, in what is
+                // left of `timeout`: Envoy picks another member. Safe if the first one landed:
+                // the second then finds this claim's own value.
+                let left = store.timeout() - took;
+                let mut call = store.call(etcd::TXN_PATH, etcd::claim_body(&key, &held, lease), false);
+                call.timeout_ms = (left / 1_000_000).max(1) as u32;
+                self.call = Some(call);
+                self.remote = Remote::Claiming { key, held, lease, sent, token: None, retried: true };
+                return None;
+            }
             ClaimAnswer::LeaseGone => {
                 // Nothing was written; the store itself is fine.
                 store.lease_gone(host, lease);

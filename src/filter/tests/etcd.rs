@@ -107,6 +107,8 @@ fn config(on_error: &str) -> String {
 struct Replica {
     proxy: ProxyRef,
     plugins: Vec<Plugin>,
+    /// This replica's entropy (replicas draw different nonces).
+    seed: u64,
 }
 
 impl Replica {
@@ -127,7 +129,9 @@ impl Replica {
                 plugin
             })
             .collect();
-        let replica = Replica { proxy, plugins };
+        static SEEDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(100);
+        let seed = SEEDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let replica = Replica { proxy, plugins, seed };
         replica.tick(etcd);
         replica
     }
@@ -169,7 +173,7 @@ fn deliver(replica: &Replica, id: &str) -> (Verdict, FakeHost, Stream) {
     let mut host = replica.host();
     event(&mut host, id);
     let mut stream = Stream::default();
-    let verdict = stream.on_request_headers(&replica.plugins[0], &mut host, &mut TestEntropy(7));
+    let verdict = stream.on_request_headers(&replica.plugins[0], &mut host, &mut TestEntropy(replica.seed));
     (verdict, host, stream)
 }
 
@@ -303,7 +307,7 @@ fn a_fingerprint_mismatch_across_replicas_is_refused() {
     let mut host = b.host();
     host.set_request(&[(":method", b"POST"), (":path", b"/other"), ("x-event-id", b"e-5")]);
     let mut stream = Stream::default();
-    assert_eq!(stream.on_request_headers(&b.plugins[0], &mut host, &mut TestEntropy(7)), Verdict::Wait);
+    assert_eq!(stream.on_request_headers(&b.plugins[0], &mut host, &mut TestEntropy(b.seed)), Verdict::Wait);
     answer_claim(&b, &mut etcd, &mut host, &mut stream);
     assert_eq!(host.local_replies[0].status, 422);
 }
@@ -429,4 +433,30 @@ fn metrics_only_counts_what_the_store_says_and_refuses_nothing() {
     assert!(host.local_replies.is_empty());
     assert_eq!(host.resumed, 1);
     assert_eq!(b.counter("rule=.=default;.;outcome=.=duplicate;.;meshguard_dedup_total"), 1);
+}
+
+/// A member gone (connection refused, reset) fails fast: the claim goes once more in what is
+/// left of `timeout`, and a first attempt that landed is recognised as this delivery's own.
+#[test]
+fn a_fast_failure_is_claimed_again_once_and_finds_its_own_landed_claim() {
+    let mut etcd = FakeEtcd::default();
+    let a = Replica::new(&config("reject"), &mut etcd, T0);
+    let (_, mut host, mut stream) = deliver(&a, "e-13");
+    // The first attempt lands, but the member resets before answering.
+    etcd.answer(&host.calls[0]);
+    a.advance(10 * 1_000_000);
+    stream.on_call_answer(&a.plugins[0], &mut host, 1, None, b"");
+    assert_eq!(host.calls.len(), 2, "sent again");
+    assert_eq!(host.calls[1].timeout_ms, 90, "in what is left of the timeout");
+    assert_eq!((host.resumed, host.local_replies.len()), (0, 0), "still waiting");
+    answer_claim(&a, &mut etcd, &mut host, &mut stream);
+    assert_eq!(host.resumed, 1, "its own claim: goes on");
+    assert_eq!(a.counter("outcome=.=claimed;.;meshguard_dedup_store_total"), 1);
+    assert_eq!(a.counter("outcome=.=error;.;meshguard_dedup_store_total"), 0);
+    // A second fast failure is not retried again: on_error decides.
+    let (_, mut host, mut stream) = deliver(&a, "e-14");
+    stream.on_call_answer(&a.plugins[0], &mut host, 1, None, b"");
+    stream.on_call_answer(&a.plugins[0], &mut host, 2, None, b"");
+    assert_eq!(host.calls.len(), 2);
+    assert_eq!(host.local_replies[0].status, 503);
 }
