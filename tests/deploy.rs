@@ -237,9 +237,14 @@ fn inbound_etcd_bootstrap_runs_beside_a_real_etcd() {
     let again = send(envoy.port, &event("etcd-2").body("{}")).unwrap();
     assert_eq!(again.header("x-meshguard-dedup").as_deref(), Some("duplicate"));
     assert_eq!(upstream.hits(), 1);
-    // Nothing in etcd yet: the filter does not use the store (docs/etcd-store.md "Status"). Once it
-    // does, this is where the claim and its completion show.
-    assert_eq!(etcd.revision(), 1, "the filter wrote to etcd: update this test and docs/etcd-store.md");
+    // Whatever the filter writes to etcd (nothing while it does not use the store; a claim once
+    // it does and has its leases) is under the bootstrap's scope, node.cluster:
+    // <prefix><scope>/<32 hex> (docs/etcd-store.md "How it works").
+    for (key, _) in etcd.keys("") {
+        let id =
+            key.strip_prefix("/meshguard/orders-consumer/").unwrap_or_else(|| panic!("key {key:?} outside the scope"));
+        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "key {key:?}");
+    }
 }
 
 #[test]
