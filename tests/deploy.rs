@@ -237,9 +237,20 @@ fn inbound_etcd_bootstrap_runs_beside_a_real_etcd() {
     let again = send(envoy.port, &event("etcd-2").body("{}")).unwrap();
     assert_eq!(again.header("x-meshguard-dedup").as_deref(), Some("duplicate"));
     assert_eq!(upstream.hits(), 1);
-    // Whatever the filter writes to etcd (nothing while it does not use the store; a claim once
-    // it does and has its leases) is under the bootstrap's scope, node.cluster:
+    // A filter that uses the store (it exports meshguard_dedup_store_total) claims in etcd once
+    // its first leases are granted, counting `skipped` until then: send fresh events until one is
+    // claimed. Whatever it writes is under the bootstrap's scope, node.cluster:
     // <prefix><scope>/<32 hex> (docs/etcd-store.md "How it works").
+    if envoy.prometheus().contains("meshguard_dedup_store_total") {
+        let mut n = 0;
+        envoy.wait_for("an event claimed in etcd", 20, |e| {
+            n += 1;
+            let event = Request::post("/events").header("x-event-id", format!("evt-etcd-{n}")).body("{}");
+            send(e.port, &event).ok()?;
+            (e.metric(r#"meshguard_dedup_store_total{outcome="claimed"}"#)? >= 1.0).then_some(())
+        });
+        assert!(!etcd.keys("").is_empty(), "a claim was counted, no key is in etcd");
+    }
     for (key, _) in etcd.keys("") {
         let id =
             key.strip_prefix("/meshguard/orders-consumer/").unwrap_or_else(|| panic!("key {key:?} outside the scope"));
