@@ -57,9 +57,22 @@ ensure_wrk() {
   fi
 }
 
+# etcd, the shared dedup store's server (docs/etcd-store.md), for the tests that start real etcd
+# members (tests/support/etcd.rs): Debian's etcd-server package (etcd 3.4, /usr/bin/etcd; its
+# JSON gateway is what meshguard talks to). Installed only when `etcd` is missing. Where an init
+# system runs services, the package also starts one etcd on localhost:2379 (client) and 2380
+# (peer); the tests never use it: each starts its own members on free ports.
+ensure_etcd() {
+  if ! command -v etcd >/dev/null 2>&1; then
+    echo "setup: installing etcd-server (apt-get)"
+    apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null
+    hash -r
+  fi
+}
+
 # The real peers of the integration tests, from PyPI: grpcio, the gRPC client and server between
 # which tests/grpc.rs runs meshguard (tests/support/grpc_peer.py); nghttp and openssl (Debian);
-# the CloudEvents SDK (2.x, whose
+# etcd (ensure_etcd); the CloudEvents SDK (2.x, whose
 # `cloudevents.core` API tests/support/cloudevents_http.py uses), which makes the events of
 # tests/body_keys.rs. Installed only when missing.
 GRPCIO_VERSION=1.85.3
@@ -79,6 +92,7 @@ ensure_test_peers() {
     echo "setup: installing openssl (apt-get)"
     apt-get update -qq && apt-get install -y -qq openssl >/dev/null
   fi
+  ensure_etcd
   if ! python3 -c 'import cloudevents.core.bindings.http' >/dev/null 2>&1; then
     echo "setup: installing the CloudEvents Python SDK (pip install 'cloudevents>=2,<3')"
     python3 -m pip install --quiet --disable-pip-version-check 'cloudevents>=2,<3'

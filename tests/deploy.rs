@@ -2,7 +2,10 @@
 //! (WasmPlugin, TrafficExtension, EnvoyFilter) is loaded into a real Envoy with the filter and
 //! accepted; the forms of one plugin carry one configuration; the outbound and inbound Istio
 //! configurations do what their comments promise, end to end; and the plain-Envoy bootstraps
-//! `envoy/outbound.yaml` and `envoy/inbound.yaml` run as a caller-to-consumer chain.
+//! `envoy/outbound.yaml` and `envoy/inbound.yaml` run as a caller-to-consumer chain. The etcd
+//! variants (`istio/wasmplugin-inbound-etcd.yaml`, `istio/etcd-store.yaml`,
+//! `envoy/inbound-etcd.yaml`) are the inbound plugin plus `dedup.store` and agree with each other
+//! and with the test harness's etcd cluster; the bootstrap runs beside a real etcd member.
 //! `meshguard validate` accepts every shipped file and reports every error of broken copies, as
 //! the filter in Envoy does. Schema validation, alert rules, the dashboard and the OCI image are
 //! checked by `scripts/check-deploy.sh`.
@@ -132,9 +135,13 @@ fn every_istio_plugin_config_is_accepted_by_a_real_envoy() {
     }
 }
 
+/// The consumer plugin with the shared etcd store: the same resource as `wasmplugin-inbound.yaml`
+/// (applied instead of it) plus `dedup.store`, so not one of the forms compared below.
+const ETCD_VARIANT: &str = "wasmplugin-inbound-etcd.yaml";
+
 #[test]
 fn every_form_of_one_plugin_carries_the_same_config() {
-    let shipped = shipped_istio_configs();
+    let shipped: Vec<Shipped> = shipped_istio_configs().into_iter().filter(|s| s.file != ETCD_VARIANT).collect();
     let mut names: Vec<&str> = shipped.iter().map(|s| s.name.as_str()).collect();
     names.sort_unstable();
     names.dedup();
@@ -150,6 +157,104 @@ fn every_form_of_one_plugin_carries_the_same_config() {
         for form in &forms[1..] {
             assert_eq!(compiled(form), compiled(forms[0]), "{name}: {} differs from {}", form.file, forms[0].file);
         }
+    }
+}
+
+#[test]
+fn the_etcd_variant_is_the_inbound_plugin_plus_the_store_and_its_destination_rule_matches() {
+    // docs/etcd-store.md "Istio": the variant differs from wasmplugin-inbound.yaml in
+    // pluginConfig.dedup.store alone (metadata and every other field included).
+    let inbound = yaml_docs(&repo().join("istio/wasmplugin-inbound.yaml")).remove(0);
+    let mut etcd = yaml_docs(&repo().join(format!("istio/{ETCD_VARIANT}"))).remove(0);
+    let store = etcd["spec"]["pluginConfig"]["dedup"].as_object_mut().unwrap().remove("store").expect("dedup.store");
+    assert_eq!(etcd, inbound, "{ETCD_VARIANT} differs from wasmplugin-inbound.yaml beyond dedup.store");
+    assert_eq!(store["type"], "etcd");
+    let compiled = meshguard::config::parse(istio_config(ETCD_VARIANT).to_string().as_bytes()).unwrap();
+    let meshguard::config::Store::Etcd(e) = compiled.default_rule.dedup.unwrap().store else {
+        panic!("{ETCD_VARIANT}: the store is not etcd")
+    };
+    // Every rule inherits it (none sets its own), the disabled health rule aside.
+    for rule in &compiled.rules {
+        if let Some(dedup) = &rule.dedup {
+            assert_eq!(dedup.store, meshguard::config::Store::Etcd(e.clone()), "rule {}", rule.name);
+        }
+    }
+    // The cluster is Istio's outbound cluster of the Service the DestinationRule configures.
+    let rule = yaml_docs(&repo().join("istio/etcd-store.yaml")).remove(0);
+    assert_eq!(rule["kind"], "DestinationRule");
+    let host = rule["spec"]["host"].as_str().unwrap();
+    let settings = rule["spec"]["trafficPolicy"]["portLevelSettings"].as_array().unwrap();
+    let port = settings.iter().find(|s| s["port"]["number"] == 2379).expect("settings for port 2379");
+    assert_eq!(e.cluster, format!("outbound|2379||{host}"));
+    let short = host.strip_suffix(".svc.cluster.local").unwrap().to_string();
+    assert_eq!(e.authority, format!("{short}:2379"));
+    assert_eq!(port["tls"]["mode"], "ISTIO_MUTUAL");
+    // Never HTTP/2 towards etcd's plaintext port (docs/etcd-store.md "The Envoy cluster").
+    assert_eq!(port["connectionPool"]["http"]["h2UpgradePolicy"], "DO_NOT_UPGRADE");
+    // The same ejection rule as the harness's cluster, which tests/support_selftest.rs checks.
+    let harness = support::etcd::etcd_cluster_json("etcd", &[2379]);
+    let outlier = &port["outlierDetection"];
+    assert_eq!(outlier["consecutiveGatewayErrors"], harness["outlier_detection"]["consecutive_gateway_failure"]);
+    assert_eq!(outlier["maxEjectionPercent"], harness["outlier_detection"]["max_ejection_percent"]);
+    assert_eq!(outlier.get("splitExternalLocalOriginErrors"), None);
+}
+
+#[test]
+fn inbound_etcd_bootstrap_runs_beside_a_real_etcd() {
+    support::require_envoy!();
+    support::require_etcd!();
+    // envoy/inbound-etcd.yaml is envoy/inbound.yaml plus the store and its cluster; its cluster
+    // is the harness's (whose behaviour tests/support_selftest.rs checks against real members).
+    let mut with_store: Value = serde_json::from_str(&bootstrap_config("envoy/inbound-etcd.yaml")).unwrap();
+    let store = with_store["dedup"].as_object_mut().unwrap().remove("store").expect("dedup.store");
+    let plain: Value = serde_json::from_str(&bootstrap_config("envoy/inbound.yaml")).unwrap();
+    assert_eq!(with_store, plain, "inbound-etcd.yaml's configuration differs from inbound.yaml's beyond dedup.store");
+    assert_eq!((store["type"].as_str(), store["cluster"].as_str()), (Some("etcd"), Some("etcd")));
+    let doc = &yaml_docs(&repo().join("envoy/inbound-etcd.yaml"))[0];
+    let clusters = doc["static_resources"]["clusters"].as_array().unwrap();
+    let shipped = clusters.iter().find(|c| c["name"] == "etcd").expect("a cluster named like store.cluster");
+    assert_eq!(*shipped, support::etcd::etcd_cluster_json("etcd", &[2379]));
+    assert!(!doc["node"]["cluster"].as_str().unwrap_or_default().is_empty(), "node.cluster: the scope of the keys");
+    let text = bootstrap_config("envoy/inbound-etcd.yaml");
+    assert!(
+        matches!(validate::check_file("inbound-etcd.json", text.as_bytes(), false).as_slice(), [Finding::Valid(_)]),
+        "meshguard validate refuses envoy/inbound-etcd.yaml's configuration"
+    );
+
+    let etcd = support::etcd::Etcd::start();
+    let upstream = Upstream::start();
+    let mut opts = Options::new(&text, upstream.port);
+    opts.bootstrap = "envoy/inbound-etcd.yaml";
+    opts.ports = vec![("etcd", etcd.client_port(0))];
+    let envoy = Envoy::start_with(opts);
+    assert_accepted(&envoy, "envoy/inbound-etcd.yaml");
+    // The etcd cluster points at the member.
+    let clusters = envoy.admin_get("/clusters").unwrap_or_default();
+    assert!(clusters.contains(&format!("etcd::127.0.0.1:{}::", etcd.client_port(0))), "{clusters}");
+    // Dedup works (from the proxy's own store until the filter uses etcd).
+    let event = |id: &str| Request::post("/events").header("x-event-id", "evt-etcd").header("x-correlation-id", id);
+    assert_eq!(send(envoy.port, &event("etcd-1").body("{}")).unwrap().status, 200);
+    let again = send(envoy.port, &event("etcd-2").body("{}")).unwrap();
+    assert_eq!(again.header("x-meshguard-dedup").as_deref(), Some("duplicate"));
+    assert_eq!(upstream.hits(), 1);
+    // A filter that uses the store (it exports meshguard_dedup_store_total) claims in etcd once
+    // its first leases are granted, counting `skipped` until then: send fresh events until one is
+    // claimed. Whatever it writes is under the bootstrap's scope, node.cluster:
+    // <prefix><scope>/<32 hex> (docs/etcd-store.md "How it works").
+    if envoy.prometheus().contains("meshguard_dedup_store_total") {
+        let mut n = 0;
+        envoy.wait_for("an event claimed in etcd", 20, |e| {
+            n += 1;
+            let event = Request::post("/events").header("x-event-id", format!("evt-etcd-{n}")).body("{}");
+            send(e.port, &event).ok()?;
+            (e.metric(r#"meshguard_dedup_store_total{outcome="claimed"}"#)? >= 1.0).then_some(())
+        });
+        assert!(!etcd.keys("").is_empty(), "a claim was counted, no key is in etcd");
+    }
+    for (key, _) in etcd.keys("") {
+        let id =
+            key.strip_prefix("/meshguard/orders-consumer/").unwrap_or_else(|| panic!("key {key:?} outside the scope"));
+        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "key {key:?}");
     }
 }
 

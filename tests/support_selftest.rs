@@ -1,5 +1,7 @@
 //! The test-support HTTP client against the test upstream, without Envoy: the integration tests
-//! rely on both, so their own faults should show up here first.
+//! rely on both, so their own faults should show up here first. Also the etcd harness
+//! (tests/support/etcd.rs) against real etcd members — what the gateway answers, members killed,
+//! stopped and restarted — and behind a real Envoy with its fault listener.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod support;
@@ -206,4 +208,299 @@ fn client_returns_errors_on_broken_responses() {
         let err = send(canned(reply), &Request::get("/")).unwrap_err();
         assert_eq!(err.kind(), kind, "{:?}: {err}", String::from_utf8_lossy(reply));
     }
+}
+
+// ---- etcd (tests/support/etcd.rs) ------------------------------------------------------------
+
+use serde_json::json;
+use support::envoy::{Envoy, Options};
+use support::etcd::{self, b64_decode, b64_encode, Etcd, EtcdFaults, Faults};
+
+#[test]
+fn etcd_base64_and_prefix_ends() {
+    // RFC 4648 §10's vectors.
+    for (plain, encoded) in [
+        ("", ""),
+        ("f", "Zg=="),
+        ("fo", "Zm8="),
+        ("foo", "Zm9v"),
+        ("foob", "Zm9vYg=="),
+        ("fooba", "Zm9vYmE="),
+        ("foobar", "Zm9vYmFy"),
+    ] {
+        assert_eq!(b64_encode(plain.as_bytes()), encoded);
+        assert_eq!(b64_decode(encoded).unwrap(), plain.as_bytes());
+    }
+    let all: Vec<u8> = (0..=255).collect();
+    assert_eq!(b64_decode(&b64_encode(&all)).unwrap(), all);
+    for bad in ["Zg=", "Zg==Zg==", "Z===", "Zm9v!A==", "Zm-v"] {
+        assert_eq!(b64_decode(bad), None, "{bad}");
+    }
+    assert_eq!(etcd::prefix_end(b"/meshguard/"), b"/meshguard0");
+    assert_eq!(etcd::prefix_end(b"a\xff\xff"), b"b");
+    assert_eq!(etcd::prefix_end(b"\xff"), b"\0");
+}
+
+#[test]
+fn etcd_member_serves_the_json_gateway() {
+    support::require_etcd!();
+    let etcd = Etcd::start();
+    assert_eq!(etcd.len(), 1);
+    assert_eq!(etcd.endpoints(), [format!("http://127.0.0.1:{}", etcd.client_port(0))]);
+    assert_eq!(etcd.get("/meshguard/a"), None);
+    let revision = etcd.put("/meshguard/a", "in-flight 1");
+    assert!(revision > 1, "{revision}");
+    assert_eq!(etcd.revision(), revision);
+    assert_eq!(etcd.get("/meshguard/a"), Some(("in-flight 1".to_string(), 0)));
+    etcd.put("/meshguard/b", "done 200");
+    etcd.put("/meshguard0", "just past the prefix");
+    etcd.put("/other", "x");
+    assert_eq!(
+        etcd.keys("/meshguard/"),
+        [("/meshguard/a".to_string(), "in-flight 1".to_string()), ("/meshguard/b".to_string(), "done 200".to_string())]
+    );
+    assert_eq!(etcd.keys("").len(), 4);
+
+    // Leases: a key carries its lease; timetolive counts down; an unknown lease is 200 "TTL":"-1"
+    // for timetolive but 404, gRPC code 5, for a put.
+    let lease = etcd.grant(30);
+    assert!(lease > 0);
+    etcd.put_with_lease("/meshguard/c", "in-flight 2", lease).unwrap();
+    assert_eq!(etcd.get("/meshguard/c"), Some(("in-flight 2".to_string(), lease)));
+    let ttl = etcd.lease_ttl(lease).unwrap();
+    assert!((1..=30).contains(&ttl), "{ttl}");
+    assert_eq!(etcd.lease_ttl(lease + 1), None);
+    let err = etcd.put_with_lease("/meshguard/d", "x", lease + 1).unwrap_err();
+    assert_eq!((err.status, err.code, err.message.as_str()), (404, Some(5), "etcdserver: requested lease not found"));
+    assert_eq!(etcd.get("/meshguard/d"), None);
+    assert!(etcd.delete("/meshguard/a"));
+    assert!(!etcd.delete("/meshguard/a"));
+
+    // The claim of docs/etcd-store.md: one transaction that creates the key if it is absent and
+    // otherwise returns it. snake_case fields; `succeeded` absent when false.
+    let key = b64_encode(b"/meshguard/e");
+    let claim = json!({
+        "compare": [{ "target": "CREATE", "key": key, "createRevision": "0" }],
+        "success": [{ "requestPut": { "key": key, "value": b64_encode(b"in-flight n1"), "lease": lease.to_string() } }],
+        "failure": [{ "requestRange": { "key": key } }]
+    });
+    let first = etcd.call("/v3/kv/txn", &claim).unwrap();
+    assert_eq!(first["succeeded"], true, "{first}");
+    assert!(first["responses"][0]["response_put"].is_object(), "{first}");
+    let again = etcd.call("/v3/kv/txn", &claim).unwrap();
+    assert_eq!(again.get("succeeded"), None, "{again}");
+    let kv = &again["responses"][0]["response_range"]["kvs"][0];
+    assert_eq!(b64_decode(kv["value"].as_str().unwrap()).unwrap(), b"in-flight n1", "{again}");
+    assert_eq!(kv["lease"], lease.to_string(), "{again}");
+    assert_eq!(kv["create_revision"], kv["mod_revision"], "{again}");
+    // A failed compare without failure operations: nothing but the header.
+    let noop = json!({ "compare": [{ "target": "VALUE", "key": key, "value": b64_encode(b"other") }],
+                       "success": [{ "request_delete_range": { "key": key } }] });
+    let answer = etcd.call("/v3/kv/txn", &noop).unwrap();
+    assert_eq!(answer.as_object().unwrap().keys().collect::<Vec<_>>(), ["header"], "{answer}");
+    assert!(etcd.get("/meshguard/e").is_some());
+}
+
+#[test]
+fn etcd_restart_keeps_the_data_and_the_port() {
+    support::require_etcd!();
+    let mut etcd = Etcd::start();
+    let port = etcd.client_port(0);
+    etcd.put("/meshguard/kept", "done 201");
+    etcd.stop(0);
+    assert!(!etcd.is_running(0));
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "a stopped member still accepts");
+    assert_eq!(etcd.call("/v3/kv/range", &json!({})).unwrap_err().status, 0);
+    etcd.restart(0);
+    assert_eq!(etcd.client_port(0), port);
+    assert_eq!(etcd.get("/meshguard/kept"), Some(("done 201".to_string(), 0)));
+    // A crash (SIGKILL) loses nothing acknowledged either.
+    etcd.put("/meshguard/after", "x");
+    etcd.kill(0);
+    etcd.restart(0);
+    assert_eq!(etcd.keys("/meshguard/").len(), 2);
+    let dir = etcd.dir().to_path_buf();
+    drop(etcd);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "still serving after drop");
+}
+
+#[test]
+fn etcd_three_members_survive_one_kill() {
+    support::require_etcd!();
+    let mut etcd = Etcd::cluster(3);
+    assert_eq!(etcd.client_ports().len(), 3);
+    let leader = etcd.leader().expect("a leader once the cluster serves");
+    etcd.put("/meshguard/before", "1");
+    // Every member serves the value (a linearizable read on a follower asks the leader).
+    for i in 0..3 {
+        let answer = etcd.call_on(i, "/v3/kv/range", &json!({ "key": b64_encode(b"/meshguard/before") })).unwrap();
+        assert_eq!(answer["count"], "1", "member {i}: {answer}");
+    }
+    // The leader crashes: the two left elect another and, a majority, write and read.
+    etcd.kill(leader);
+    etcd.wait_healthy();
+    let next = etcd.leader().expect("a new leader");
+    assert_ne!(next, leader);
+    etcd.put("/meshguard/during", "2");
+    assert_eq!(etcd.call_on(leader, "/v3/kv/range", &json!({})).unwrap_err().status, 0, "the old leader is gone");
+    assert_eq!(etcd.keys("/meshguard/").len(), 2);
+    // Back with its data; it catches up on what it missed.
+    etcd.restart(leader);
+    let answer = etcd.call_on(leader, "/v3/kv/range", &json!({ "key": b64_encode(b"/meshguard/during") })).unwrap();
+    assert_eq!(answer["count"], "1", "{answer}");
+}
+
+#[test]
+fn etcd_member_without_a_quorum_refuses() {
+    support::require_etcd!();
+    // docs/etcd-store.md "Network partitions": a member cut off from the majority answers no
+    // linearizable request — after etcd's own request timeout (seconds: longer than any store
+    // timeout, so meshguard's callout gives up first).
+    let mut etcd = Etcd::cluster(3);
+    etcd.kill(1);
+    etcd.kill(2);
+    let started = Instant::now();
+    let err =
+        etcd.call_on(0, "/v3/kv/put", &json!({ "key": b64_encode(b"k"), "value": b64_encode(b"v") })).unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.status, 503, "{err}");
+    assert!(took >= Duration::from_secs(1), "{took:?}: {err}");
+    eprintln!("minority put: {err} after {took:?}");
+}
+
+#[test]
+fn etcd_behind_envoy_over_http1_with_faults() {
+    support::require_envoy!();
+    support::require_etcd!();
+    let mut etcd = Etcd::cluster(3);
+    let upstream = Upstream::start();
+    let faults = EtcdFaults::new("etcd", &etcd.client_ports(), Duration::from_millis(300));
+    let mut opts = Options::new("{}", upstream.port);
+    faults.apply(&mut opts);
+    let envoy = Envoy::start_with(opts);
+    let through = |key: &[u8], timeout: Duration| {
+        let body = json!({ "key": b64_encode(key), "value": b64_encode(b"v") }).to_string();
+        let started = Instant::now();
+        let answer = support::http::send_timeout(faults.port, &Request::post("/v3/kv/put").body(body), timeout);
+        (answer.map(|r| r.status), started.elapsed())
+    };
+
+    // As started: every request held 300 ms by the fault filter, then served over HTTP/1.1.
+    let (status, took) = through(b"/mg/slow", Duration::from_secs(5));
+    assert_eq!(status.unwrap(), 200);
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(etcd.get("/mg/slow").is_some());
+    // A caller that gives up during a request delay: the put never reaches etcd.
+    let (status, _) = through(b"/mg/never", Duration::from_millis(100));
+    assert!(status.is_err());
+    // During a response delay: it has landed although the caller saw no answer.
+    faults.set(&envoy, Faults { response_delay: Some(Duration::from_millis(400)), ..Faults::default() });
+    let (status, took) = through(b"/mg/landed", Duration::from_millis(100));
+    assert!(status.is_err(), "{took:?}");
+    let landed = envoy.wait_for("the put to land", 5, |_| etcd.get("/mg/landed"));
+    assert_eq!(landed.0, "v");
+    assert_eq!(etcd.get("/mg/never"), None);
+    // Errors without etcd; then no faults at all.
+    faults.set(&envoy, Faults { abort: Some(503), ..Faults::default() });
+    assert_eq!(through(b"/mg/aborted", Duration::from_secs(5)).0.unwrap(), 503);
+    faults.set(&envoy, Faults::default());
+    let (status, took) = through(b"/mg/fast", Duration::from_secs(5));
+    assert_eq!(status.unwrap(), 200);
+    assert!(took < Duration::from_millis(300), "{took:?}");
+    assert_eq!(etcd.get("/mg/aborted"), None);
+
+    // A killed member costs the requests that eject it (two: no retries), then none.
+    let follower = etcd.follower();
+    etcd.kill(follower);
+    let put = |i: usize| through(format!("/mg/k{i}").as_bytes(), Duration::from_secs(5)).0.unwrap();
+    let statuses: Vec<u16> = (0..12).map(put).collect();
+    let failed = statuses.iter().filter(|&&s| s != 200).count();
+    assert!((1..=2).contains(&failed), "{statuses:?}");
+    let after: Vec<u16> = (12..18).map(put).collect();
+    assert!(after.iter().all(|&s| s == 200), "{statuses:?} then {after:?}");
+    let ejected = envoy.admin_get("/stats").unwrap_or_default();
+    assert!(
+        ejected.contains("cluster.etcd_members.outlier_detection.ejections_enforced_consecutive_gateway_failure: 1"),
+        "{ejected}"
+    );
+}
+
+#[test]
+fn etcd_plaintext_port_does_not_serve_the_gateway_over_http2() {
+    support::require_envoy!();
+    support::require_etcd!();
+    // Why etcd_cluster speaks HTTP/1.1: etcd 3.4 hands every HTTP/2 connection of its plaintext
+    // client port to the gRPC server.
+    let etcd = Etcd::start();
+    let h1 = etcd::etcd_cluster_json("etcd_h1", &[etcd.client_port(0)]);
+    let mut h2 = etcd::etcd_cluster_json("etcd_h2", &[etcd.client_port(0)]);
+    h2["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        ["explicit_http_config"] = json!({ "http2_protocol_options": {} });
+    let bootstrap = json!({
+        "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } } },
+        "static_resources": { "listeners": [etcd_listener("ingress", json!({ "cluster": "etcd_h1" })), etcd_listener("h2", json!({ "cluster": "etcd_h2" }))], "clusters": [h1, h2] }
+    });
+    let envoy = Envoy::try_start_bootstrap(&bootstrap.to_string(), 1, &[]).unwrap();
+    let range = || Request::post("/v3/kv/range").header("content-type", "application/json").body(r#"{"key":"YQ=="}"#);
+    assert_eq!(send(envoy.port, &range()).unwrap().status, 200);
+    let h2_port = envoy.listener("h2").unwrap();
+    let refused = send(h2_port, &range()).unwrap();
+    assert_eq!(refused.status, 502);
+    assert!(refused.text().contains("protocol error"), "{}", refused.text());
+}
+
+#[test]
+fn etcd_hung_member_is_ejected_after_two_timeouts() {
+    support::require_envoy!();
+    support::require_etcd!();
+    // A member that accepts connections and never answers (SIGSTOP: a hung process, or a partition
+    // as the client sees it) costs two timed-out requests, then Envoy sends none to it for a
+    // while. The timeout is the caller's: meshguard's callout timeout, here a route's.
+    let mut etcd = Etcd::cluster(3);
+    let bootstrap = json!({
+        "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } } },
+        "static_resources": {
+            "listeners": [etcd_listener("ingress", json!({ "cluster": "etcd", "timeout": "0.5s" }))],
+            "clusters": [etcd::etcd_cluster_json("etcd", &etcd.client_ports())]
+        }
+    });
+    let envoy = Envoy::try_start_bootstrap(&bootstrap.to_string(), 1, &[]).unwrap();
+    // A follower: with the leader gone, every write would wait for an election.
+    let hung = etcd.follower();
+    etcd.pause(hung);
+    let statuses: Vec<u16> = (0..12)
+        .map(|i| {
+            let body = json!({ "key": b64_encode(format!("/mg/h{i}").as_bytes()), "value": b64_encode(b"v") });
+            send(envoy.port, &Request::post("/v3/kv/put").body(body.to_string())).unwrap().status
+        })
+        .collect();
+    etcd.resume(hung);
+    let timeouts = statuses.iter().filter(|&&s| s == 504).count();
+    assert_eq!(timeouts, 2, "{statuses:?}");
+    assert!(statuses.iter().all(|&s| s == 200 || s == 504), "{statuses:?}");
+    let stats = envoy.admin_get("/stats").unwrap_or_default();
+    assert!(
+        stats.contains("cluster.etcd.outlier_detection.ejections_enforced_consecutive_gateway_failure: 1"),
+        "{stats}"
+    );
+}
+
+/// A listener whose one route is `route`, as `Envoy::try_start_bootstrap` wants it.
+fn etcd_listener(name: &str, route: serde_json::Value) -> serde_json::Value {
+    json!({
+        "name": name,
+        "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
+        "filter_chains": [{ "filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name,
+                "route_config": { "virtual_hosts": [{ "name": name, "domains": ["*"],
+                    "routes": [{ "match": { "prefix": "/" }, "route": route }] }] },
+                "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }]
+            }
+        }] }]
+    })
 }

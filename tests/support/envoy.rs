@@ -41,6 +41,11 @@ pub struct Options<'a> {
     /// YAML appended to the bootstrap's `clusters:` list (which ends the file), as list items
     /// indented by four spaces.
     pub clusters: Option<&'a str>,
+    /// YAML inserted at the head of the bootstrap's `listeners:` list, as list items indented by
+    /// four spaces (e.g. the fault-injecting listener of `support::etcd::EtcdFaults`).
+    pub listeners: Option<&'a str>,
+    /// Top-level YAML inserted before `static_resources:` (e.g. `layered_runtime:`).
+    pub top_level: Option<&'a str>,
 }
 
 impl<'a> Options<'a> {
@@ -53,6 +58,8 @@ impl<'a> Options<'a> {
             ports: Vec::new(),
             hcm: None,
             clusters: None,
+            listeners: None,
+            top_level: None,
         }
     }
 }
@@ -160,8 +167,16 @@ pub fn render_bootstrap(opts: &Options, admin_port: u16, listener_port: u16) -> 
                 out.push_str(&format!("{indent}filename: {}\n", wasm_path().display()));
             }
             _ => {
+                if let (Some(top), "static_resources:") = (opts.top_level, line) {
+                    out.push_str(top);
+                    out.push('\n');
+                }
                 out.push_str(line);
                 out.push('\n');
+                if let (Some(listeners), "  listeners:") = (opts.listeners, line) {
+                    out.push_str(listeners);
+                    out.push('\n');
+                }
                 if let (Some(hcm), true) = (opts.hcm, line.trim() == "stat_prefix: ingress") {
                     let indent = &line[..line.len() - line.trim_start().len()];
                     for l in hcm.lines() {
@@ -180,6 +195,11 @@ pub fn render_bootstrap(opts: &Options, admin_port: u16, listener_port: u16) -> 
     }
     for required in ["admin-port", "listener-port", "upstream-port", "wasm-file", "config-begin", "config-end"] {
         assert!(seen.iter().any(|s| s == required), "{}: marker `# test: {required}` missing", opts.bootstrap);
+    }
+    for (given, line) in
+        [(opts.listeners.is_some(), "\n  listeners:\n"), (opts.top_level.is_some(), "\nstatic_resources:\n")]
+    {
+        assert!(!given || text.contains(line), "{}: no line {:?} to insert at", opts.bootstrap, line.trim());
     }
     out
 }

@@ -128,6 +128,16 @@ impl Conn {
         Ok(Conn { stream: BufReader::new(stream) })
     }
 
+    /// Like [`Conn::open`], with `timeout` for connecting and for each read and write (a peer
+    /// that may hang, e.g. an etcd member without a leader, or a stopped process).
+    pub fn open_timeout(port: u16, timeout: Duration) -> io::Result<Conn> {
+        let stream = TcpStream::connect_timeout(&(std::net::Ipv4Addr::LOCALHOST, port).into(), timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn { stream: BufReader::new(stream) })
+    }
+
     pub fn send(&mut self, req: &Request) -> io::Result<Response> {
         self.exchange(req, false)
     }
@@ -143,6 +153,11 @@ impl Conn {
 /// Sends one request on a new connection, with `connection: close`.
 pub fn send(port: u16, req: &Request) -> io::Result<Response> {
     Conn::open(port)?.exchange(req, true)
+}
+
+/// [`send`] with `timeout` for connecting and for each read and write instead of 10 s.
+pub fn send_timeout(port: u16, req: &Request, timeout: Duration) -> io::Result<Response> {
+    Conn::open_timeout(port, timeout)?.exchange(req, true)
 }
 
 fn read_response(reader: &mut impl BufRead, method: &str) -> io::Result<Response> {
