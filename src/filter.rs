@@ -355,8 +355,7 @@ impl Stream {
         }
     }
 
-    /// The answer to a call this stream sent: its claim (the request goes on, or meshguard
-    /// answers it), or a completion or release whose stream was still there to receive it.
+    /// The answer to this stream's claim: the request goes on, or meshguard answers it.
     pub fn on_call_answer(
         &mut self,
         plugin: &Plugin,
@@ -365,15 +364,9 @@ impl Stream {
         status: Option<u32>,
         body: &[u8],
     ) {
-        let Some(rule) = plugin.dedup(self.rule) else {
+        let Some(rule) = plugin.dedup(self.rule).filter(|_| self.dedup.is_claim(token)) else {
             return;
         };
-        if !self.dedup.is_claim(token) {
-            if let Some(store) = rule.etcd {
-                store.on_write_answer(host, status, body);
-            }
-            return;
-        }
         let mut fx = plugin.effects();
         let mut refusal = self.dedup.on_claim_answer(&rule, host, status, body, &mut fx);
         if refusal.is_none() && self.dedup.claiming() {
@@ -555,14 +548,6 @@ impl Stream {
         }
         if let Some(rule) = plugin.dedup(self.rule) {
             self.dedup.on_outcome(&rule, host, end, fx);
-            if let Some(call) = self.dedup.call() {
-                match host.http_call(call) {
-                    Ok(token) => self.dedup.sent(token),
-                    Err(e) => {
-                        self.dedup.on_unsent(&rule, host, e, fx);
-                    }
-                }
-            }
         }
     }
 

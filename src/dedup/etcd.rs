@@ -166,7 +166,7 @@ fn json(status: Option<u32>, body: &[u8]) -> Result<Json, String> {
 
 /// etcd's answer to a put naming a lease it does not have: 404 with gRPC code 5 (NOT_FOUND),
 /// the only NOT_FOUND a transaction can answer.
-fn lease_gone(status: Option<u32>, body: &[u8]) -> bool {
+pub fn lease_gone(status: Option<u32>, body: &[u8]) -> bool {
     status == Some(404)
         && serde_json::from_slice::<Json>(body).ok().and_then(|j| j.get("code").and_then(Json::as_u64)) == Some(5)
 }
@@ -362,24 +362,31 @@ impl Health {
     }
 }
 
-/// A claim that may have landed while its answer was lost (timeout, error, caller gone): its
-/// release is sent once `due`, and dropped after `until` (its in-flight lease has ended).
+/// A completion or a release a worker has to send: the settling of a delivery's claim (sent by
+/// the root's tick, whose answers always come back, so that a failed one is sent again), or
+/// the release of a claim that may have landed while its answer was lost (timeout, error,
+/// caller gone). Sent once `due`; dropped after `until`, when the claim's in-flight lease has
+/// ended anyway.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Orphan {
+pub struct Write {
     pub key: String,
     pub held: Value,
+    /// `Some`: complete the claim with this value, on a lease of keys that live `ttl`.
+    pub done: Option<(Value, u64)>,
     pub due: u64,
     pub until: u64,
+    /// Failed attempts so far.
+    pub attempts: u8,
 }
 
-/// Orphans a worker keeps at most; past that the oldest are left to their leases.
-pub const MAX_ORPHANS: usize = 4096;
+/// Writes a worker keeps at most; past that the oldest are left to their leases.
+pub const MAX_WRITES: usize = 4096;
 
-pub fn adopt(orphans: &mut Vec<Orphan>, orphan: Orphan) {
-    if orphans.len() >= MAX_ORPHANS {
-        orphans.remove(0);
+pub fn enqueue(writes: &mut Vec<Write>, write: Write) {
+    if writes.len() >= MAX_WRITES {
+        writes.remove(0);
     }
-    orphans.push(orphan);
+    writes.push(write);
 }
 
 #[cfg(test)]

@@ -1,18 +1,20 @@
 //! One etcd store as a worker sees it (`dedup.store` `"etcd"`, docs/etcd-store.md): the calls a
-//! claim, a completion and a release send, the leases they name, the store's health, the claims
-//! left to release, and the tick that grants leases ahead and sends those releases. The
+//! claim, a completion and a release send, the leases they name, the store's health, and the
+//! tick that grants leases ahead and sends the completions and releases. The
 //! protocol itself is in [`super::etcd`].
 
 use std::cell::{Cell, RefCell};
 
-use super::etcd::{self, Health, Lease, LeaseTable, Orphan, Value};
+use super::etcd::{self, Health, Lease, LeaseTable, Value, Write};
 use crate::config::{Etcd, LogLevel};
 use crate::filter::{cas_update, Callout, Host};
 use crate::metrics::RemoteMetrics;
 
 const SECOND: u64 = 1_000_000_000;
-/// Releases a worker sends per tick at most (an outage's backlog drains over a few ticks).
-const RELEASES_PER_TICK: usize = 64;
+/// Writes a worker sends per tick at most (an outage's backlog drains over a few ticks).
+const WRITES_PER_TICK: usize = 256;
+/// Attempts at a write that failed fast (a member gone) before the store counts as failing.
+const FAST_ATTEMPTS: u8 = 3;
 
 /// `meshguard_dedup_store_total{outcome}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,8 +52,16 @@ impl StoreOutcome {
 /// A call the plugin sent itself (from the tick), by token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Pending {
-    Grant { ttl: u64, window: u64 },
-    Release(Orphan),
+    Grant {
+        ttl: u64,
+        window: u64,
+    },
+    /// `lease`: the lease a completion named (0 for a release).
+    Write {
+        write: Write,
+        sent: u64,
+        lease: i64,
+    },
 }
 
 /// One etcd store of a configuration, in one worker.
@@ -68,7 +78,8 @@ pub struct EtcdStore {
     /// This worker's copy of the leases it has used (refreshed from the table on a miss).
     leases: RefCell<Vec<Lease>>,
     health: Cell<Health>,
-    orphans: RefCell<Vec<Orphan>>,
+    /// Completions and releases to send on the next tick.
+    writes: RefCell<Vec<Write>>,
     pending: RefCell<Vec<(u32, Pending)>>,
     pub metrics: RemoteMetrics,
 }
@@ -84,7 +95,7 @@ impl EtcdStore {
             state_key: format!("meshguard/{plugin}/etcd/{index}/state"),
             leases: RefCell::new(Vec::new()),
             health: Cell::new(Health::default()),
-            orphans: RefCell::new(Vec::new()),
+            writes: RefCell::new(Vec::new()),
             pending: RefCell::new(Vec::new()),
             metrics,
         }
@@ -112,15 +123,14 @@ impl EtcdStore {
         self.config.timeout
     }
 
-    /// A transaction to send; `detached` ones outlive the stream.
-    pub fn call(&self, path: &'static str, body: Vec<u8>, detached: bool) -> Callout {
+    /// A call to send to the store.
+    pub fn call(&self, path: &'static str, body: Vec<u8>) -> Callout {
         Callout {
             cluster: self.config.cluster.clone(),
             authority: self.config.authority.clone(),
             path,
             body,
             timeout_ms: (self.config.timeout / 1_000_000).max(1) as u32,
-            detached,
         }
     }
 
@@ -195,19 +205,20 @@ impl EtcdStore {
         flipped.map(|(f, _)| f).unwrap_or(true)
     }
 
-    /// A claim whose answer was lost may have landed: released once `due`, while its in-flight
-    /// lease can still hold it.
-    pub fn adopt(&self, key: String, held: Value, due: u64, in_flight_ttl: u64) {
+    /// Queues the completion (`done`: the value and the lifetime of its lease) or the release of
+    /// the claim `held` on `key`, sent by the next tick from `due` on.
+    pub fn settle(&self, key: String, held: Value, done: Option<(Value, u64)>, due: u64, in_flight_ttl: u64) {
         let until = due.saturating_add(in_flight_ttl).saturating_add(etcd::window_size(in_flight_ttl));
-        etcd::adopt(&mut self.orphans.borrow_mut(), Orphan { key, held, due, until });
+        etcd::enqueue(&mut self.writes.borrow_mut(), Write { key, held, done, due, until, attempts: 0 });
     }
 
-    pub fn orphans(&self) -> usize {
-        self.orphans.borrow().len()
+    /// Completions and releases waiting for a tick.
+    pub fn queued(&self) -> usize {
+        self.writes.borrow().len()
     }
 
-    /// Every second (the root's tick): grants the leases of this window and the next that no
-    /// worker has granted, and sends the releases that are due while the store is usable.
+    /// The root's tick: grants the leases of this window and the next that no worker has granted
+    /// yet, and sends the completions and releases that are due while the store is usable.
     pub fn tick(&self, host: &mut impl Host) {
         let now = host.now();
         // A grant unanswered past its timeout was lost (its VM went away): another worker tries.
@@ -228,27 +239,46 @@ impl EtcdStore {
         if !self.usable(now) {
             return;
         }
-        let due: Vec<Orphan> = {
-            let mut orphans = self.orphans.borrow_mut();
-            orphans.retain(|o| o.until > now);
+        let due: Vec<Write> = {
+            let mut writes = self.writes.borrow_mut();
+            writes.retain(|w| w.until > now);
             let mut due = Vec::new();
-            orphans.retain(|o| {
-                let send = o.due <= now && due.len() < RELEASES_PER_TICK;
+            writes.retain(|w| {
+                let send = w.due <= now && due.len() < WRITES_PER_TICK;
                 if send {
-                    due.push(o.clone());
+                    due.push(w.clone());
                 }
                 !send
             });
             due
         };
-        for orphan in due {
-            let body = etcd::release_body(&orphan.key, &orphan.held);
-            self.send(host, now, etcd::TXN_PATH, body, Pending::Release(orphan));
+        for write in due {
+            let mut named = 0;
+            let body = match write.done {
+                Some((done, ttl)) => {
+                    // The `ttl` lease; before it is granted, the in-flight one keeps the key a while.
+                    let lease = self
+                        .lease(host, ttl, now)
+                        .or_else(|| self.ttls.iter().filter(|&&t| t < ttl).find_map(|&t| self.lease(host, t, now)));
+                    match lease {
+                        Some(lease) => {
+                            named = lease;
+                            etcd::complete_body(&write.key, &write.held, &done, lease)
+                        }
+                        None => {
+                            etcd::enqueue(&mut self.writes.borrow_mut(), Write { due: now + SECOND, ..write });
+                            continue;
+                        }
+                    }
+                }
+                None => etcd::release_body(&write.key, &write.held),
+            };
+            self.send(host, now, etcd::TXN_PATH, body, Pending::Write { write, sent: now, lease: named });
         }
     }
 
     fn send(&self, host: &mut impl Host, now: u64, path: &'static str, body: Vec<u8>, what: Pending) {
-        match host.http_call(&self.call(path, body, false)) {
+        match host.http_call(&self.call(path, body)) {
             Ok(token) => self.pending.borrow_mut().push((token, what)),
             Err(e) => {
                 self.failed(host, now, e.0);
@@ -288,11 +318,27 @@ impl EtcdStore {
                 }
                 Err(e) => Err(e),
             },
-            Pending::Release(_) => etcd::write_answer(status, body).map(|_| ()),
+            Pending::Write { .. } => etcd::write_answer(status, body).map(|_| ()),
         };
-        match ok {
-            Ok(()) => self.answered(host),
-            Err(e) => {
+        match (ok, what) {
+            (Ok(()), _) => self.answered(host),
+            // The completion named a lease etcd no longer has: granted again, sent again.
+            (Err(_), Pending::Write { mut write, lease, .. }) if lease != 0 && etcd::lease_gone(status, body) => {
+                self.lease_gone(host, lease);
+                write.attempts = write.attempts.saturating_add(1);
+                write.due = now;
+                etcd::enqueue(&mut self.writes.borrow_mut(), write);
+            }
+            // A write refused at once (a member gone) goes again on the next tick, to another
+            // member, before the store counts as failing.
+            (Err(_), Pending::Write { mut write, sent, .. })
+                if write.attempts + 1 < FAST_ATTEMPTS && now.saturating_sub(sent) < self.config.timeout =>
+            {
+                write.attempts += 1;
+                write.due = now;
+                etcd::enqueue(&mut self.writes.borrow_mut(), write);
+            }
+            (Err(e), what) => {
                 self.failed(host, now, &e);
                 self.settle_failure(host, now, what);
             }
@@ -300,28 +346,17 @@ impl EtcdStore {
         true
     }
 
-    /// A call of the tick failed: a grant is given up (the next tick tries again), a release is
+    /// A call of the tick failed: a grant is given up (the next tick tries again), a write is
     /// kept for after the cool-off.
     fn settle_failure(&self, host: &mut impl Host, now: u64, what: Pending) {
         match what {
             Pending::Grant { ttl, window } => {
                 let _ = update_table(host, &self.table_key, |t| t.abandon(ttl, window));
             }
-            Pending::Release(mut orphan) => {
-                orphan.due = now.saturating_add(etcd::COOL_OFF);
-                etcd::adopt(&mut self.orphans.borrow_mut(), orphan);
-            }
-        }
-    }
-
-    /// The answer to a completion or release a stream sent, when the stream was still there to
-    /// receive it: only the store's health learns from it.
-    pub fn on_write_answer(&self, host: &mut impl Host, status: Option<u32>, body: &[u8]) {
-        match etcd::write_answer(status, body) {
-            Ok(_) => self.answered(host),
-            Err(e) => {
-                let now = host.now();
-                self.failed(host, now, &e);
+            Pending::Write { mut write, .. } => {
+                write.attempts = write.attempts.saturating_add(1);
+                write.due = now.saturating_add(etcd::COOL_OFF);
+                etcd::enqueue(&mut self.writes.borrow_mut(), write);
             }
         }
     }

@@ -461,7 +461,7 @@ impl DedupStage {
         match std::mem::take(&mut self.remote) {
             Remote::Holding { key, held } => {
                 if let Some(store) = rule.etcd {
-                    self.settle_remote(rule, store, host, key, held, end.status.filter(|_| succeeded), now);
+                    self.settle_remote(rule, store, key, held, end.status.filter(|_| succeeded), now);
                 }
             }
             Remote::Claiming { key, held, sent, .. } => {
@@ -469,7 +469,7 @@ impl DedupStage {
                 // land yet. Released once its answer could no longer be on the way.
                 if let Some(store) = rule.etcd {
                     let due = sent.saturating_add(store.timeout()).saturating_add(SECOND);
-                    store.adopt(key, held, due, cfg.in_flight_ttl);
+                    store.settle(key, held, None, due, cfg.in_flight_ttl);
                 }
             }
             Remote::None => {}
@@ -492,8 +492,7 @@ impl DedupStage {
 const SECOND: u64 = 1_000_000_000;
 
 impl DedupStage {
-    /// A call to the etcd store that the pipeline sends next (the claim, or a completion or a
-    /// release, which are [`Callout::detached`]).
+    /// The claim the pipeline sends next.
     pub fn call(&self) -> Option<&Callout> {
         self.call.as_ref()
     }
@@ -536,7 +535,7 @@ impl DedupStage {
             return self.store_unavailable(rule, store, host, fx);
         };
         let key = store.key(id);
-        self.call = Some(store.call(etcd::TXN_PATH, etcd::claim_body(&key, &held, lease), false));
+        self.call = Some(store.call(etcd::TXN_PATH, etcd::claim_body(&key, &held, lease)));
         self.remote = Remote::Claiming { key, held, lease, sent: now, token: None, retried: false };
         None
     }
@@ -549,27 +548,15 @@ impl DedupStage {
         error: HostError,
         fx: &mut Effects,
     ) -> Option<Refusal> {
-        let reason = error.0.to_string();
-        let refusal = match std::mem::take(&mut self.remote) {
-            Remote::Claiming { .. } => {
-                self.call = None;
-                let store = rule.etcd?;
-                let now = host.now();
-                store.failed(host, now, &reason);
-                fx.count(store.metrics.outcome(StoreOutcome::Error));
-                self.store_unavailable(rule, store, host, fx)
-            }
-            other => {
-                // A completion or release that could not go: the key expires with its lease.
-                self.remote = other;
-                self.call = None;
-                if let Some(store) = rule.etcd {
-                    let now = host.now();
-                    store.failed(host, now, &reason);
-                }
-                None
-            }
+        self.call = None;
+        let Remote::Claiming { .. } = std::mem::take(&mut self.remote) else {
+            return None;
         };
+        let store = rule.etcd?;
+        let now = host.now();
+        store.failed(host, now, error.0);
+        fx.count(store.metrics.outcome(StoreOutcome::Error));
+        let refusal = self.store_unavailable(rule, store, host, fx);
         refusal.filter(|_| rule.config.mode == DedupMode::Enforce)
     }
 
@@ -626,7 +613,7 @@ impl DedupStage {
                 // left of `timeout`: Envoy picks another member. Safe if the first one landed:
                 // the second then finds this claim's own value.
                 let left = store.timeout() - took;
-                let mut call = store.call(etcd::TXN_PATH, etcd::claim_body(&key, &held, lease), false);
+                let mut call = store.call(etcd::TXN_PATH, etcd::claim_body(&key, &held, lease));
                 call.timeout_ms = (left / 1_000_000).max(1) as u32;
                 self.call = Some(call);
                 self.remote = Remote::Claiming { key, held, lease, sent, token: None, retried: true };
@@ -646,7 +633,7 @@ impl DedupStage {
                 let why = if timed_out { format!("no answer within {} ms", store.timeout() / 1_000_000) } else { why };
                 store.failed(host, now, &why);
                 // The claim may have landed: released when the store answers again.
-                store.adopt(key, held, now, cfg.in_flight_ttl);
+                store.settle(key, held, None, now, cfg.in_flight_ttl);
                 return self.store_unavailable(rule, store, host, fx);
             }
         };
@@ -725,35 +712,27 @@ impl DedupStage {
     }
 
     /// The completion (`status`: the call succeeded) or the release of the claim this request
-    /// holds in etcd, conditioned on its value, sent without holding the response.
+    /// holds in etcd, conditioned on its value: queued for the worker's next tick, never holding
+    /// the response (a call from the stream would be cancelled with it, and its answer lost).
     #[allow(clippy::too_many_arguments)]
     fn settle_remote(
         &mut self,
         rule: &DedupRule,
         store: &EtcdStore,
-        host: &mut impl Host,
         key: String,
         held: Value,
         status: Option<u32>,
         now: u64,
     ) {
         let cfg = rule.config;
-        let body = match status {
-            Some(status) => {
-                let done = Value::Completed {
-                    status: status as u16,
-                    fingerprint: held.fingerprint(),
-                    expires_ms: now.saturating_add(cfg.ttl) / 1_000_000,
-                };
-                // Before the first `ttl` lease is granted, the in-flight one keeps it a while.
-                let lease = store.lease(host, cfg.ttl, now).or_else(|| store.lease(host, cfg.in_flight_ttl, now));
-                match lease {
-                    Some(lease) => etcd::complete_body(&key, &held, &done, lease),
-                    None => return,
-                }
-            }
-            None => etcd::release_body(&key, &held),
-        };
-        self.call = Some(store.call(etcd::TXN_PATH, body, true));
+        let done = status.map(|status| {
+            let done = Value::Completed {
+                status: status as u16,
+                fingerprint: held.fingerprint(),
+                expires_ms: now.saturating_add(cfg.ttl) / 1_000_000,
+            };
+            (done, cfg.ttl)
+        });
+        store.settle(key, held, done, now, cfg.in_flight_ttl);
     }
 }

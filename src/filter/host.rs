@@ -57,9 +57,8 @@ pub trait Host {
     /// Empties the request body chunk being delivered (its first `size` bytes, all of it), so
     /// that continuing forwards nothing.
     fn drop_request_body(&mut self, size: usize) -> Result<(), HostError>;
-    /// Sends an HTTP call to an Envoy cluster; its answer comes to the stream that sent it (or,
-    /// [`Callout::detached`], to the root, so that the end of the stream does not cancel it).
-    /// Returns the call's token.
+    /// Sends an HTTP call to an Envoy cluster; its answer comes to the context that sent it (a
+    /// stream's call is cancelled when the stream ends). Returns the call's token.
     fn http_call(&mut self, call: &Callout) -> Result<u32, HostError>;
     /// Lets a request paused while a call was out go on.
     fn resume_request(&mut self) -> Result<(), HostError>;
@@ -75,8 +74,6 @@ pub struct Callout {
     pub path: &'static str,
     pub body: Vec<u8>,
     pub timeout_ms: u32,
-    /// Owned by the plugin, not the stream: it outlives the stream that sent it.
-    pub detached: bool,
 }
 
 /// Attempts at a compare-and-swap before the request fails open (a bounded loop, never a spin).

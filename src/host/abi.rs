@@ -77,7 +77,6 @@ extern "C" {
     fn proxy_get_metric(metric_id: u32, return_value: *mut u64) -> Status;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> Status;
     fn proxy_record_metric(metric_id: u32, value: u64) -> Status;
-    fn proxy_set_effective_context(context_id: u32) -> Status;
     fn proxy_set_tick_period_milliseconds(period: u32) -> Status;
     fn proxy_continue_stream(stream_type: u32) -> Status;
     fn proxy_get_buffer_bytes(
@@ -109,13 +108,6 @@ fn buffer(buffer_type: u32, max: usize) -> Option<Vec<u8>> {
         Status::Ok if !data.is_null() => Some(unsafe { Vec::from_raw_parts(data, size, size) }),
         _ => None,
     }
-}
-
-/// Makes `context_id` the context of the host calls that follow (the SDK's wrapper panics on a
-/// status it does not expect).
-pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
-    // SAFETY: a plain value.
-    ok(unsafe { proxy_set_effective_context(context_id) })
 }
 
 /// Calls the root's `on_tick` every `ms` milliseconds.

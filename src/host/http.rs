@@ -8,7 +8,7 @@ use proxy_wasm::types::Action;
 
 use super::abi;
 use super::entropy::Pool;
-use super::wasm_host::{WasmHost, CURRENT};
+use super::wasm_host::WasmHost;
 use crate::filter::{Plugin, Stream, Verdict};
 
 thread_local! {
@@ -17,20 +17,13 @@ thread_local! {
 }
 
 pub struct HttpStream {
-    id: u32,
     plugin: Rc<Plugin>,
     stream: Stream,
 }
 
 impl HttpStream {
-    pub fn new(id: u32, plugin: Rc<Plugin>) -> Self {
-        HttpStream { id, plugin, stream: Stream::default() }
-    }
-
-    /// Host calls from now on are this stream's (see `WasmHost::http_call`).
-    fn enter(&self) -> WasmHost {
-        CURRENT.set(self.id);
-        WasmHost
+    pub fn new(plugin: Rc<Plugin>) -> Self {
+        HttpStream { plugin, stream: Stream::default() }
     }
 }
 
@@ -53,7 +46,7 @@ pub fn call_answer(num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8
 
 impl Context for HttpStream {
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
-        let mut host = self.enter();
+        let mut host = WasmHost;
         let (status, body) = call_answer(num_headers, body_size);
         self.stream.on_call_answer(&self.plugin, &mut host, token_id, status, &body);
     }
@@ -71,7 +64,7 @@ fn action(verdict: Verdict) -> Action {
 
 impl HttpContext for HttpStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let mut host = self.enter();
+        let mut host = WasmHost;
         let verdict = ENTROPY.with_borrow_mut(|entropy| {
             self.stream.on_request_headers_eos(&self.plugin, &mut host, entropy, end_of_stream)
         });
@@ -79,30 +72,30 @@ impl HttpContext for HttpStream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let mut host = self.enter();
+        let mut host = WasmHost;
         action(self.stream.on_request_body(&self.plugin, &mut host, body_size, end_of_stream))
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         // Trailers end the body: a pending fingerprint is decided on the bytes seen.
-        let mut host = self.enter();
+        let mut host = WasmHost;
         action(self.stream.on_request_body(&self.plugin, &mut host, 0, true))
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let mut host = self.enter();
+        let mut host = WasmHost;
         self.stream.on_response_headers(&self.plugin, &mut host, end_of_stream);
         Action::Continue
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
-        let mut host = self.enter();
+        let mut host = WasmHost;
         self.stream.on_response_trailers(&self.plugin, &mut host);
         Action::Continue
     }
 
     fn on_log(&mut self) {
-        let mut host = self.enter();
+        let mut host = WasmHost;
         self.stream.on_log(&self.plugin, &mut host);
     }
 }

@@ -17,5 +17,5 @@ pub fn start() {
     std::panic::set_hook(Box::new(|info| {
         abi::log(LogLevel::Critical, &format!("meshguard: panic (VM is now unusable): {info}"));
     }));
-    proxy_wasm::set_root_context(|id| Box::new(root::Root::new(id)));
+    proxy_wasm::set_root_context(|_| Box::new(root::Root::default()));
 }

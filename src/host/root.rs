@@ -7,37 +7,33 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType};
 
-use super::wasm_host::{WasmHost, CURRENT, ROOT};
+use super::wasm_host::WasmHost;
 use super::{abi, http::HttpStream};
 use crate::config;
 use crate::filter::{MetricKind, Metrics, Plugin};
 
+#[derive(Default)]
 pub struct Root {
-    id: u32,
     plugin: Option<Rc<Plugin>>,
 }
 
-impl Root {
-    pub fn new(id: u32) -> Root {
-        ROOT.set(id);
-        Root { id, plugin: None }
-    }
-
-    fn enter(&self) -> WasmHost {
-        CURRENT.set(self.id);
-        WasmHost
-    }
-}
-
-/// How often the root ticks when a rule uses an etcd store: leases are granted a window ahead
-/// (windows are 1 s at least), and a new proxy gets its first ones this soon after start.
-const TICK_MS: u32 = 200;
+/// How often the root ticks when a rule uses an etcd store: completions and releases go out
+/// on the tick (at most this late after the response), leases are granted a window ahead
+/// (windows are 1 s at least), and a new proxy gets its first ones this soon after start. An
+/// idle tick costs one VM entry and a clock read.
+const TICK_MS: u32 = 50;
 
 /// The service this proxy serves, naming its keys in a shared etcd store: Istio's node metadata
 /// (`NAMESPACE/WORKLOAD_NAME`: the replicas of one Deployment share it), else the node's cluster
 /// (`--service-cluster`), else nothing.
 fn workload() -> String {
-    let text = |path: &[&str]| abi::property(path).and_then(|v| String::from_utf8(v).ok()).filter(|s| !s.is_empty());
+    // Envoy names the node `xds.node` (CEL attributes); older builds named it `node`.
+    let text = |path: &[&str]| {
+        [["xds"].as_slice(), [].as_slice()].iter().find_map(|root| {
+            let full: Vec<&str> = root.iter().chain(path).copied().collect();
+            abi::property(&full).and_then(|v| String::from_utf8(v).ok()).filter(|s| !s.is_empty())
+        })
+    };
     match (text(&["node", "metadata", "NAMESPACE"]), text(&["node", "metadata", "WORKLOAD_NAME"])) {
         (Some(ns), Some(name)) => format!("{ns}/{name}"),
         (None, Some(name)) => name,
@@ -47,7 +43,7 @@ fn workload() -> String {
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
-        let mut host = self.enter();
+        let mut host = WasmHost;
         let (status, body) = super::http::call_answer(num_headers, body_size);
         if let Some(plugin) = &self.plugin {
             plugin.on_root_answer(&mut host, token_id, status, &body);
@@ -84,7 +80,7 @@ impl RootContext for Root {
         let name = abi::property(&["plugin_name"])
             .and_then(|n| String::from_utf8(n).ok())
             .unwrap_or_else(|| "meshguard".to_string());
-        let mut host = self.enter();
+        let mut host = WasmHost;
         let plugin = Plugin::for_workload(config, metrics, &name, &workload());
         if let Err(e) = plugin.init_shared(&mut host) {
             // Not fatal: the first request creates what is missing.
@@ -110,16 +106,16 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        let mut host = self.enter();
+        let mut host = WasmHost;
         if let Some(plugin) = &self.plugin {
             plugin.on_tick(&mut host);
         }
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn proxy_wasm::traits::HttpContext>> {
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn proxy_wasm::traits::HttpContext>> {
         // Without a configuration (cannot happen after a successful on_configure) pass through.
         let plugin = self.plugin.clone().unwrap_or_default();
-        Some(Box::new(HttpStream::new(context_id, plugin)))
+        Some(Box::new(HttpStream::new(plugin)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

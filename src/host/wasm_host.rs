@@ -2,7 +2,6 @@
 
 use proxy_wasm::types::{LogLevel as WasmLevel, MapType};
 
-use std::cell::Cell;
 use std::time::Duration;
 
 use super::abi;
@@ -13,13 +12,6 @@ use crate::reply::Reply;
 
 /// Host calls for the current stream (proxy-wasm sets the effective context before each callback).
 pub struct WasmHost;
-
-thread_local! {
-    /// The root context of this worker's VM, and the context whose callback runs now: a detached
-    /// call is sent as the root's, then the stream's context is made current again.
-    pub static ROOT: Cell<u32> = const { Cell::new(0) };
-    pub static CURRENT: Cell<u32> = const { Cell::new(0) };
-}
 
 impl Host for WasmHost {
     fn request_headers(&mut self) -> HeaderMap {
@@ -103,23 +95,12 @@ impl Host for WasmHost {
             ("content-type", "application/json"),
         ];
         let timeout = Duration::from_millis(u64::from(call.timeout_ms));
-        let (root, current) = (ROOT.get(), CURRENT.get());
-        // A call belongs to the context current in the host: Envoy cancels a stream's calls when
-        // the stream ends, so a completion sent at the end of a stream goes as the root's.
-        let detach = call.detached && root != 0 && root != current;
-        if detach && abi::set_effective_context(root).is_err() {
-            return Err(HostError("cannot switch to the root context"));
-        }
         // The SDK's HTTP dispatch returns BadArgument (unknown cluster, bad headers) and
         // InternalFailure as errors: the only statuses Envoy's httpCall answers besides Ok. (Its
         // gRPC dispatch panics on one Envoy can return; it is not used.) It registers the token
-        // under the callback's context, so the answer comes to this stream while it lives.
-        let result =
-            proxy_wasm::hostcalls::dispatch_http_call(&call.cluster, headers, Some(&call.body), vec![], timeout);
-        if detach {
-            let _ = abi::set_effective_context(current);
-        }
-        result.map_err(|_| HostError("cannot send the call to the dedup store (unknown cluster?)"))
+        // under the callback's context, to which the answer comes.
+        proxy_wasm::hostcalls::dispatch_http_call(&call.cluster, headers, Some(&call.body), vec![], timeout)
+            .map_err(|_| HostError("cannot send the call to the dedup store (unknown cluster?)"))
     }
 
     fn resume_request(&mut self) -> Result<(), HostError> {

@@ -25,6 +25,8 @@ struct FakeEtcd {
     next_lease: i64,
     /// Every call fails (no answer: a reset or timeout).
     down: bool,
+    /// The next calls fail (a member gone).
+    fail_next: usize,
     txns: usize,
 }
 
@@ -35,6 +37,10 @@ fn b64(j: &Json) -> Vec<u8> {
 impl FakeEtcd {
     fn answer(&mut self, call: &Callout) -> (Option<u32>, Vec<u8>) {
         if self.down {
+            return (None, Vec::new());
+        }
+        if self.fail_next > 0 {
+            self.fail_next -= 1;
             return (None, Vec::new());
         }
         let body: Json = serde_json::from_slice(&call.body).unwrap();
@@ -181,22 +187,27 @@ fn deliver(replica: &Replica, id: &str) -> (Verdict, FakeHost, Stream) {
 fn answer_claim(replica: &Replica, etcd: &mut FakeEtcd, host: &mut FakeHost, stream: &mut Stream) {
     let plugin = &replica.plugins[0];
     let call = host.calls.last().cloned().expect("a claim was sent");
-    assert!(!call.detached, "the claim is the stream's: the request waits for it");
     let (status, body) = etcd.answer(&call);
     stream.on_call_answer(plugin, host, host.calls.len() as u32, status, &body);
 }
 
-/// The service answers `status`; the completion or release the stream sends is run in `etcd`.
+/// The service answers `status`; the completion or release the stream queued goes to `etcd`
+/// with the worker's next tick.
 fn respond(replica: &Replica, etcd: &mut FakeEtcd, host: &mut FakeHost, stream: &mut Stream, status: &str) {
     let plugin = &replica.plugins[0];
     let sent = host.calls.len();
     host.response = vec![(":status".into(), status.as_bytes().to_vec())];
     stream.on_response_headers(plugin, host, true);
     stream.on_log(plugin, host);
-    for call in host.calls.clone().iter().skip(sent) {
-        assert!(call.detached, "completion and release outlive the stream");
-        etcd.answer(call);
+    assert_eq!(host.calls.len(), sent, "nothing sent from the stream: its calls end with it");
+    assert_eq!(plugin.etcd_stores()[0].queued(), 1);
+    // One tick; one more when the write named a lease etcd lost (granted again first).
+    for _ in 0..2 {
+        if plugin.etcd_stores()[0].queued() > 0 {
+            replica.tick(etcd);
+        }
     }
+    assert_eq!(plugin.etcd_stores()[0].queued(), 0);
 }
 
 fn processed(replica: &Replica, etcd: &mut FakeEtcd, id: &str, status: &str) {
@@ -459,4 +470,25 @@ fn a_fast_failure_is_claimed_again_once_and_finds_its_own_landed_claim() {
     stream.on_call_answer(&a.plugins[0], &mut host, 2, None, b"");
     assert_eq!(host.calls.len(), 2);
     assert_eq!(host.local_replies[0].status, 503);
+}
+
+/// The completion goes with the worker's tick, whose answers come back: one refused at once (a
+/// member gone) goes again on the next tick, and the store is not counted as failing.
+#[test]
+fn a_completion_refused_by_a_member_gone_is_sent_again() {
+    let mut etcd = FakeEtcd::default();
+    let a = Replica::new(&config("reject"), &mut etcd, T0);
+    let (_, mut host, mut stream) = deliver(&a, "e-15");
+    answer_claim(&a, &mut etcd, &mut host, &mut stream);
+    host.response = vec![(":status".into(), b"200".to_vec())];
+    stream.on_response_headers(&a.plugins[0], &mut host, true);
+    stream.on_log(&a.plugins[0], &mut host);
+    etcd.fail_next = 1;
+    a.tick(&mut etcd);
+    assert!(matches!(etcd.values()[..], [Value::InFlight { .. }]), "the first attempt failed");
+    a.tick(&mut etcd);
+    assert!(matches!(etcd.values()[..], [Value::Completed { status: 200, .. }]));
+    assert!(a.host().logs().iter().all(|(_, l)| !l.contains("is down")), "not a store failure");
+    let (verdict, _, _) = deliver(&a, "e-16");
+    assert_eq!(verdict, Verdict::Wait, "the store is still asked");
 }
