@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The load benchmark of the README: builds meshguard.wasm and the comparison filters (an empty
-# Rust proxy-wasm filter, the host-call probe), installs wrk and h2load if missing, then runs
+# Rust proxy-wasm filter, the host-call probe), installs wrk, h2load and etcd if missing, then runs
 # benches/load.py (arguments are passed on, e.g. --rounds 8 --duration 5; docs/performance.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 ensure_wrk
+# etcd, the shared dedup store of the dedup-etcd rows (Debian etcd-server).
+ensure_etcd
 
 # h2load, the HTTP/2 load generator of the h2: rows (Debian nghttp2-client).
 if ! command -v h2load >/dev/null; then

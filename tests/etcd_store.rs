@@ -63,6 +63,15 @@ fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Waits until `n` keys are completed in etcd and none is in flight (completions go with the
+/// worker's next tick, after the response).
+fn completed(etcd: &Etcd, n: usize) {
+    eventually("the completions in etcd", 5, || {
+        let v = values(etcd);
+        (v.len() == n && v.iter().all(|v| v.starts_with("mg1 C "))).then_some(())
+    });
+}
+
 /// Values of meshguard's keys in etcd.
 fn values(etcd: &Etcd) -> Vec<String> {
     etcd.keys(PREFIX).into_iter().map(|(_, v)| v).collect()
@@ -98,7 +107,7 @@ fn two_replicas_let_one_delivery_of_an_event_reach_the_service() {
     for i in 0..rounds {
         let id = format!("parallel-{i}");
         let barrier = Arc::new(Barrier::new(4));
-        let statuses: Vec<u16> = [a.port, b.port, a.port, b.port]
+        let callers: Vec<_> = [a.port, b.port, a.port, b.port]
             .into_iter()
             .map(|port| {
                 let (barrier, id) = (barrier.clone(), id.clone());
@@ -110,8 +119,8 @@ fn two_replicas_let_one_delivery_of_an_event_reach_the_service() {
                     send(port, &req).unwrap().status
                 })
             })
-            .map(|t| t.join().unwrap())
             .collect();
+        let statuses: Vec<u16> = callers.into_iter().map(|t| t.join().unwrap()).collect();
         assert!(statuses.contains(&200), "{statuses:?}");
         assert!(statuses.iter().all(|s| [200, 409].contains(s)), "{statuses:?}");
     }
@@ -128,6 +137,7 @@ fn a_restarted_replica_keeps_refusing_a_completed_event() {
     let cfg = config("reject", "");
     let a = replica(&cfg, &upstream, &clusters);
     assert_eq!(post(&a, "order-2", 202).status, 202);
+    completed(&etcd, 1);
     drop(a);
     // A new process: its own store is empty, etcd remembers.
     let a = replica(&cfg, &upstream, &clusters);
@@ -167,6 +177,7 @@ fn a_completed_event_expires_with_its_lease_after_ttl() {
     let b = replica(&cfg, &upstream, &clusters);
     let done = Instant::now();
     assert_eq!(post(&a, "order-4", 200).status, 200);
+    completed(&etcd, 1);
     let keys = etcd.keys(PREFIX);
     assert_eq!(keys.len(), 1);
     let (_, lease) = etcd.get(&keys[0].0).unwrap();
@@ -243,11 +254,9 @@ fn an_etcd_outage_is_decided_by_on_error_and_leaves_nothing_in_flight() {
             post(&a, &format!("probe-{}", upstream.hits()), 200);
             a.meshguard_lines().iter().any(|l| l.contains("answers again")).then_some(())
         });
-        assert!(
-            values(&etcd).iter().all(|v| v.starts_with("mg1 C ")),
-            "{on_error}: no key stuck in flight: {:?}",
-            values(&etcd)
-        );
+        eventually(&format!("{on_error}: no key stuck in flight"), 5, || {
+            values(&etcd).iter().all(|v| v.starts_with("mg1 C ")).then_some(())
+        });
     }
 }
 
@@ -332,13 +341,19 @@ fn one_etcd_member_of_three_lost_changes_nothing() {
             let id = format!("{round}-{i}");
             let first = post(&a, &id, 200);
             assert_eq!((first.status, dedup(&first)), (200, None), "{round} {i}");
-            let completed = || etcd.keys(PREFIX).iter().all(|(_, v)| v.starts_with("mg1 C "));
-            if !completed() {
-                thread::sleep(Duration::from_secs(3));
-                assert!(completed(), "{round} {i}: {:?}\n{}", etcd.keys(PREFIX), a.log());
-            }
+            eventually(&format!("{round} {i}: the completion in etcd"), 5, || {
+                etcd.keys(PREFIX).iter().all(|(_, v)| v.starts_with("mg1 C ")).then_some(())
+            });
             let dup = post(&b, &id, 200);
-            assert_eq!(dedup(&dup).as_deref(), Some("duplicate"), "{round} {i}: never processed twice");
+            let store_lines =
+                |e: &Envoy| e.meshguard_lines().into_iter().filter(|l| l.contains("dedup store")).collect::<Vec<_>>();
+            assert_eq!(
+                dedup(&dup).as_deref(),
+                Some("duplicate"),
+                "{round} {i}: never processed twice; a: {:?}; b: {:?}",
+                store_lines(&a),
+                store_lines(&b)
+            );
         }
         assert_eq!(upstream.hits() - hits, 30, "{round}");
     };
@@ -377,7 +392,40 @@ fn a_key_in_the_body_is_claimed_across_replicas() {
     let first = send(a.port, &req).unwrap();
     assert_eq!((first.status, dedup(&first)), (201, None));
     assert_eq!(upstream.last().unwrap().body.len(), body.len(), "the whole body went upstream");
+    completed(&etcd, 1);
     let dup = send(b.port, &req).unwrap();
     assert_eq!((dup.status, dedup(&dup).as_deref()), (201, Some("duplicate")));
     assert_eq!(upstream.hits(), 1);
+}
+
+/// Keys are scoped by the workload Istio names in the node metadata: replicas of one workload
+/// share them, another service with the same event id and prefix does not.
+#[test]
+fn keys_are_scoped_by_the_istio_workload() {
+    support::require_envoy!();
+    support::require_etcd!();
+    let etcd = Etcd::start();
+    let upstream = Upstream::start();
+    let clusters = etcd_cluster("etcd", &etcd.client_ports());
+    let cfg = config("reject", "");
+    let start = |workload: &str| {
+        let node = format!("node:\n  id: {workload}-1\n  metadata: {{NAMESPACE: shop, WORKLOAD_NAME: {workload}}}");
+        let mut opts = Options::new(&cfg, upstream.port);
+        opts.clusters = Some(&clusters);
+        opts.top_level = Some(&node);
+        let envoy = Envoy::start_with(opts);
+        wait_ready(&envoy);
+        envoy
+    };
+    let orders = start("orders");
+    let orders_2 = start("orders");
+    let billing = start("billing");
+    assert_eq!(post(&orders, "evt-1", 200).status, 200);
+    eventually("the completion in etcd", 5, || values(&etcd).iter().any(|v| v.starts_with("mg1 C ")).then_some(()));
+    let keys = etcd.keys(PREFIX);
+    assert!(keys[0].0.starts_with("/meshguard/shop/orders/"), "{keys:?}");
+    assert_eq!(dedup(&post(&orders_2, "evt-1", 200)).as_deref(), Some("duplicate"), "same workload");
+    let other = post(&billing, "evt-1", 200);
+    assert_eq!((other.status, dedup(&other)), (200, None), "another service's event");
+    assert_eq!(upstream.hits(), 2);
 }

@@ -281,7 +281,9 @@ impl EtcdStore {
         match host.http_call(&self.call(path, body)) {
             Ok(token) => self.pending.borrow_mut().push((token, what)),
             Err(e) => {
-                self.failed(host, now, e.0);
+                if !matches!(what, Pending::Grant { .. }) {
+                    self.failed(host, now, e.0);
+                }
                 self.settle_failure(host, now, what);
             }
         }
@@ -338,6 +340,9 @@ impl EtcdStore {
                 write.due = now;
                 etcd::enqueue(&mut self.writes.borrow_mut(), write);
             }
+            // A grant is asked again on the next tick; claims alone judge the store's health
+            // (a grant that met a member gone must not stop every claim for a cool-off).
+            (Err(_), what @ Pending::Grant { .. }) => self.settle_failure(host, now, what),
             (Err(e), what) => {
                 self.failed(host, now, &e);
                 self.settle_failure(host, now, what);

@@ -50,8 +50,8 @@ enum Remote {
     #[default]
     None,
     /// The claim is out (the request paused) since `sent`, on lease `lease`; `token` once sent;
-    /// `retried` once it was sent a second time.
-    Claiming { key: String, held: Value, lease: i64, sent: u64, token: Option<u32>, retried: bool },
+    /// `retries`: times it was sent again after a fast failure.
+    Claiming { key: String, held: Value, lease: i64, sent: u64, token: Option<u32>, retries: u8 },
     /// The claim landed: the call's outcome completes or releases it.
     Holding { key: String, held: Value },
 }
@@ -490,6 +490,8 @@ impl DedupStage {
 }
 
 const SECOND: u64 = 1_000_000_000;
+/// Times a claim that failed fast is sent again.
+const FAST_RETRIES: u8 = 2;
 
 impl DedupStage {
     /// The claim the pipeline sends next.
@@ -536,7 +538,7 @@ impl DedupStage {
         };
         let key = store.key(id);
         self.call = Some(store.call(etcd::TXN_PATH, etcd::claim_body(&key, &held, lease)));
-        self.remote = Remote::Claiming { key, held, lease, sent: now, token: None, retried: false };
+        self.remote = Remote::Claiming { key, held, lease, sent: now, token: None, retries: 0 };
         None
     }
 
@@ -582,7 +584,7 @@ impl DedupStage {
         body: &[u8],
         fx: &mut Effects,
     ) -> Option<Refusal> {
-        let Remote::Claiming { key, held, lease, sent, retried, .. } = std::mem::take(&mut self.remote) else {
+        let Remote::Claiming { key, held, lease, sent, retries, .. } = std::mem::take(&mut self.remote) else {
             return None;
         };
         let store = rule.etcd?;
@@ -608,15 +610,16 @@ impl DedupStage {
                 return None;
             }
             ClaimAnswer::Found(found) => found,
-            ClaimAnswer::Failed(_) if !retried && took < store.timeout() => {
-                // A fast failure (a member gone: refused, reset) is sent once more, in what is
-                // left of `timeout`: Envoy picks another member. Safe if the first one landed:
-                // the second then finds this claim's own value.
+            ClaimAnswer::Failed(_) if retries < FAST_RETRIES && took < store.timeout() => {
+                // A fast failure (a member gone: refused, reset) is sent again, in what is left
+                // of `timeout`: Envoy's load balancer picks another member (twice at most: the
+                // tick's calls take turns on the members too). Safe if an attempt landed: the
+                // next one finds this claim's own value.
                 let left = store.timeout() - took;
                 let mut call = store.call(etcd::TXN_PATH, etcd::claim_body(&key, &held, lease));
                 call.timeout_ms = (left / 1_000_000).max(1) as u32;
                 self.call = Some(call);
-                self.remote = Remote::Claiming { key, held, lease, sent, token: None, retried: true };
+                self.remote = Remote::Claiming { key, held, lease, sent, token: None, retries: retries + 1 };
                 return None;
             }
             ClaimAnswer::LeaseGone => {
