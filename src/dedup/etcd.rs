@@ -448,12 +448,14 @@ mod tests {
         let claim: Json = serde_json::from_slice(&claim_body("/p/w/ab", &held, 42)).unwrap();
         assert_eq!(claim["compare"][0]["target"], "CREATE");
         assert_eq!(claim["compare"][0]["createRevision"], "0");
+        assert_eq!(claim["compare"][0]["result"], "EQUAL");
         assert_eq!(claim["success"][0]["requestPut"]["lease"], "42");
         assert_eq!(claim["failure"][0]["requestRange"]["key"], B64.encode("/p/w/ab"));
         let done = Value::Completed { status: 200, fingerprint: 1, expires_ms: 5 };
         for body in [complete_body("/p/w/ab", &held, &done, 43), release_body("/p/w/ab", &held)] {
             let j: Json = serde_json::from_slice(&body).unwrap();
             assert_eq!(j["compare"][0]["target"], "VALUE");
+            assert_eq!(j["compare"][0]["result"], "EQUAL");
             assert_eq!(j["compare"][0]["value"], B64.encode(held.encode()));
             assert!(j.get("failure").is_none());
         }

@@ -53,10 +53,16 @@ impl FakeEtcd {
         self.txns += 1;
         let compare = &body["compare"][0];
         let key = b64(&compare["key"]);
-        let holds = match compare["target"].as_str().unwrap() {
-            "CREATE" => !self.kv.contains_key(&key),
+        let equal = match compare["target"].as_str().unwrap() {
+            "CREATE" => !self.kv.contains_key(&key) == (compare["createRevision"] == "0"),
             "VALUE" => self.kv.get(&key).is_some_and(|(v, _)| *v == b64(&compare["value"])),
             other => panic!("compare target {other}"),
+        };
+        // etcd's default `result` is EQUAL.
+        let holds = match compare["result"].as_str().unwrap_or("EQUAL") {
+            "EQUAL" => equal,
+            "NOT_EQUAL" => !equal,
+            other => panic!("compare result {other}"),
         };
         let ops = if holds { &body["success"] } else { &body["failure"] };
         let mut responses = Vec::new();
