@@ -54,7 +54,8 @@ impl FakeEtcd {
         let compare = &body["compare"][0];
         let key = b64(&compare["key"]);
         let equal = match compare["target"].as_str().unwrap() {
-            "CREATE" => !self.kv.contains_key(&key) == (compare["createRevision"] == "0"),
+            // createRevision 0: the key does not exist.
+            "CREATE" => self.kv.contains_key(&key) != (compare["createRevision"] == "0"),
             "VALUE" => self.kv.get(&key).is_some_and(|(v, _)| *v == b64(&compare["value"])),
             other => panic!("compare target {other}"),
         };
