@@ -668,7 +668,9 @@ def check_exprs(where, exprs, metrics):
             labels = {l.strip() for l in grouping.split(",")}
             if METRIC_RE.search(expr) and not ({"namespace"} <= labels and labels & {"service_istio_io_canonical_name", "pod"}):
                 fail(f"{where}: `by ({grouping})` mixes workloads: {expr!r}")
-        names = set(METRIC_RE.findall(expr))
+        # A histogram's series: <name>_bucket, _sum and _count.
+        names = {re.sub(r"_(bucket|sum|count)$", "", n) if re.sub(r"_(bucket|sum|count)$", "", n) in metrics else n
+                 for n in METRIC_RE.findall(expr)}
         unknown = names - metrics
         if unknown:
             fail(f"{where}: unknown metric(s) {sorted(unknown)} in {expr!r}")
