@@ -15,7 +15,7 @@ if ! command -v h2load >/dev/null; then
   apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null
 fi
 
-cargo build --quiet --release --target wasm32-wasip1
+bash scripts/build-wasm.sh --quiet
 cargo build --quiet --release --target wasm32-wasip1 --manifest-path benches/empty-filter/Cargo.toml
 cargo build --quiet --release --target wasm32-wasip1 --manifest-path benches/hostcall-probe/Cargo.toml
 # The report prints the command that produced it.

@@ -5,7 +5,7 @@
 # Istio serves through `envoy --mode validate`, every meshguard configuration through `envoy --mode validate` with the real
 # module, alert rules and dashboard queries through promtool, the OCI image built with buildah,
 # docker-compose consistency. See scripts/check_deploy.py. Needs the release module
-# (cargo build --release --target wasm32-wasip1) and Envoy (scripts/setup.sh).
+# (scripts/build-wasm.sh) and Envoy (scripts/setup.sh).
 # Installs what it needs, once: promtool (extracted from Debian's prometheus package into
 # target/deploy-tools), buildah (apt), the pinned Python packages of scripts/deploy-requirements.txt
 # (into target/deploy-venv).

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
 echo "building meshguard.wasm and the demo upstream ..."
-cargo build --quiet --release --target wasm32-wasip1
+bash scripts/build-wasm.sh --quiet
 cargo build --quiet --release --example demo_upstream
 echo "meshguard.wasm: $(stat -c %s target/wasm32-wasip1/release/meshguard.wasm) bytes"
 

@@ -10,5 +10,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 ensure_wrk
-cargo build --quiet --release --target wasm32-wasip1
+bash scripts/build-wasm.sh --quiet
 exec python3 benches/soak.py "$@"

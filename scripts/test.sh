@@ -20,7 +20,7 @@ step() { printf '\n==> %s\n' "$*"; }
 bash scripts/check.sh
 
 step "release wasm"
-cargo build --release --target wasm32-wasip1
+bash scripts/build-wasm.sh
 size=$(stat -c %s "$WASM")
 echo "meshguard.wasm: ${size} bytes (budget ${MAX_WASM_BYTES})"
 if [ "$size" -gt "$MAX_WASM_BYTES" ]; then echo "wasm over budget" >&2; exit 1; fi

@@ -16,7 +16,7 @@ source scripts/setup.sh
 suite="${1:-}"
 [ $# -gt 0 ] && shift
 
-cargo build --quiet --release --target wasm32-wasip1
+bash scripts/build-wasm.sh --quiet
 cargo build --quiet --release --example demo_upstream
 
 pids=()
