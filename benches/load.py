@@ -381,37 +381,11 @@ def bootstrap(port, admin, config, sink_port=None, otel_flush_spans=None, upstre
         "static_resources": {"listeners": [listener("bench", port, hcm_filter("bench", routes, config.filters, config.hcm))]},
     }
     if config.upstream:
-        b["static_resources"]["clusters"] = [
-            {
-                "name": UPSTREAM_CLUSTER,
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "load_assignment": {
-                    "cluster_name": UPSTREAM_CLUSTER,
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream_port}}}}]}],
-                },
-            }
-        ]
+        b["static_resources"]["clusters"] = [static_cluster(UPSTREAM_CLUSTER, upstream_port)]
     if config.etcd:
         b["static_resources"].setdefault("clusters", []).append(static_cluster(ETCD_CLUSTER, etcd_port))
     if config.otel:
-        b["static_resources"]["clusters"] = [
-            {
-                "name": SINK_CLUSTER,
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {}},
-                    }
-                },
-                "load_assignment": {
-                    "cluster_name": SINK_CLUSTER,
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": sink_port}}}}]}],
-                },
-            }
-        ]
+        b["static_resources"]["clusters"] = [static_cluster(SINK_CLUSTER, sink_port, http2=True)]
         if otel_flush_spans:
             b["layered_runtime"] = {
                 "layers": [{"name": "bench", "static_layer": {"tracing.opentelemetry.min_flush_spans": otel_flush_spans}}]

@@ -36,6 +36,15 @@ fn replica(config: &str, upstream: &Upstream, clusters: &str) -> Envoy {
     envoy
 }
 
+/// A replica whose store is reached through `faults` (Envoy's fault filter on the way to etcd).
+fn replica_behind(faults: &EtcdFaults, config: &str, upstream: &Upstream) -> Envoy {
+    let mut opts = Options::new(config, upstream.port);
+    faults.apply(&mut opts);
+    let envoy = Envoy::start_with(opts);
+    wait_ready(&envoy);
+    envoy
+}
+
 fn wait_ready(envoy: &Envoy) {
     envoy.wait_for("the etcd store's first leases", 20, |e| {
         e.meshguard_lines().iter().any(|l| l.contains("ready: leases granted")).then_some(())
@@ -101,6 +110,9 @@ fn two_replicas_let_one_delivery_of_an_event_reach_the_service() {
     assert_eq!(dedup(&dup).as_deref(), Some("duplicate"));
     b.wait_metric(r#"meshguard_dedup_store_total{outcome="duplicate"}"#, 1.0);
     a.wait_metric(r#"meshguard_dedup_store_total{outcome="claimed"}"#, 1.0);
+    // Each claim's round trip is in the histogram (the duplicate's on b, the claim's on a).
+    a.wait_metric("meshguard_dedup_store_duration_ms_count{}", 1.0);
+    b.wait_metric("meshguard_dedup_store_duration_ms_count{}", 1.0);
     // In parallel: each event sent to both replicas at once, from four callers.
     let hits = upstream.hits();
     let rounds = 20;
@@ -270,11 +282,7 @@ fn a_claim_whose_answer_was_lost_is_released_when_the_store_answers() {
     let etcd = Etcd::start();
     let upstream = Upstream::start();
     let faults = EtcdFaults::new("etcd", &etcd.client_ports(), Duration::ZERO);
-    let cfg = config("reject", "");
-    let mut opts = Options::new(&cfg, upstream.port);
-    faults.apply(&mut opts);
-    let a = Envoy::start_with(opts);
-    wait_ready(&a);
+    let a = replica_behind(&faults, &config("reject", ""), &upstream);
     faults.set(&a, Faults { response_delay: Some(Duration::from_millis(800)), ..Faults::default() });
     let lost = post(&a, "order-5", 200);
     assert_eq!(lost.status, 503, "the answer came after the timeout");
@@ -300,11 +308,7 @@ fn a_caller_gone_while_the_claim_is_out_leaves_no_key_in_flight() {
     let etcd = Etcd::start();
     let upstream = Upstream::start();
     let faults = EtcdFaults::new("etcd", &etcd.client_ports(), Duration::ZERO);
-    let cfg = config("reject", "").replace("300ms", "2s");
-    let mut opts = Options::new(&cfg, upstream.port);
-    faults.apply(&mut opts);
-    let a = Envoy::start_with(opts);
-    wait_ready(&a);
+    let a = replica_behind(&faults, &config("reject", "").replace("300ms", "2s"), &upstream);
     faults.set(&a, Faults { response_delay: Some(Duration::from_millis(1000)), ..Faults::default() });
     {
         use std::io::Write;

@@ -344,10 +344,6 @@ impl Health {
         self.down.is_none_or(|(_, retry)| now >= retry)
     }
 
-    pub fn is_down(&self) -> bool {
-        self.down.is_some()
-    }
-
     /// A failure at `now`. True when the store was up until now.
     pub fn failed(&mut self, now: u64) -> bool {
         let was_up = self.down.is_none();

@@ -86,6 +86,11 @@ enum BodySource {
     Pointer,
 }
 
+/// A refusal only in `enforce`: `metrics_only` counts every outcome and answers nothing.
+fn enforced(rule: &DedupRule, refusal: Option<Refusal>) -> Option<Refusal> {
+    refusal.filter(|_| rule.config.mode == DedupMode::Enforce)
+}
+
 /// What the request's content type says about keys in its body.
 fn body_source(cfg: &Dedup, content_type: &[u8]) -> Option<BodySource> {
     let media = content_type.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
@@ -166,7 +171,7 @@ impl DedupStage {
         fx: &mut Effects,
     ) -> Option<Refusal> {
         let refusal = self.request_headers(rule, headers, host, entropy, end_of_stream, fx);
-        refusal.filter(|_| rule.config.mode == DedupMode::Enforce)
+        enforced(rule, refusal)
     }
 
     /// A chunk of the request body while the check waits for it: see [`Self::request_body`].
@@ -179,7 +184,7 @@ impl DedupStage {
         fx: &mut Effects,
     ) -> Option<Refusal> {
         let refusal = self.request_body(rule, host, size, end_of_stream, fx);
-        refusal.filter(|_| rule.config.mode == DedupMode::Enforce)
+        enforced(rule, refusal)
     }
 
     fn request_headers(
@@ -559,7 +564,7 @@ impl DedupStage {
         store.failed(host, now, error.0);
         fx.count(store.metrics.outcome(StoreOutcome::Error));
         let refusal = self.store_unavailable(rule, store, host, fx);
-        refusal.filter(|_| rule.config.mode == DedupMode::Enforce)
+        enforced(rule, refusal)
     }
 
     /// The store's answer to this request's claim. `Some` when meshguard answers the request
@@ -573,7 +578,7 @@ impl DedupStage {
         fx: &mut Effects,
     ) -> Option<Refusal> {
         let refusal = self.claim_answer(rule, host, status, body, fx);
-        refusal.filter(|_| rule.config.mode == DedupMode::Enforce)
+        enforced(rule, refusal)
     }
 
     fn claim_answer(

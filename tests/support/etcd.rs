@@ -31,7 +31,6 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -67,14 +66,7 @@ pub fn unavailable() -> Option<&'static str> {
     static REASON: OnceLock<Option<String>> = OnceLock::new();
     REASON
         .get_or_init(|| {
-            let runs = Command::new(etcd_bin())
-                .arg("--version")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|status| status.success());
-            (!runs).then(|| {
+            (!super::envoy::runs(&etcd_bin())).then(|| {
                 format!(
                     "`{}` not installed — run scripts/test.sh (or: scripts/setup.sh's ensure_etcd, \
                      i.e. apt-get install etcd-server)",
@@ -89,18 +81,8 @@ pub fn unavailable() -> Option<&'static str> {
 /// test binary and returns `false` — or, with `MESHGUARD_REQUIRE_ENVOY=1`, fails the test with
 /// that line. Used through [`require_etcd!`](crate::support::require_etcd).
 pub fn available() -> bool {
-    let Some(reason) = unavailable() else {
-        return true;
-    };
-    if super::envoy::required() {
-        eprintln!("{reason} (MESHGUARD_REQUIRE_ENVOY=1: not skipping)");
-        std::panic::resume_unwind(Box::new(reason));
-    }
     static SAID: Once = Once::new();
-    SAID.call_once(|| {
-        let _ = writeln!(std::io::stderr(), "skipped: {reason}");
-    });
-    false
+    unavailable().is_none_or(|reason| super::envoy::skip(reason, &SAID))
 }
 
 /// Free TCP ports of 127.0.0.1, distinct: all are bound at once, then released for the caller to
@@ -589,47 +571,17 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 // ---- Base64 (RFC 4648, standard alphabet, padded), as the gateway's bytes fields ----------
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+// The `base64` crate, which meshguard itself uses for the same fields.
 
 pub fn b64_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// `None` on a character outside the alphabet, a length that is not a multiple of 4, or padding
-/// anywhere but at the end.
+/// `None` for text that is not padded standard base64.
 pub fn b64_decode(text: &str) -> Option<Vec<u8>> {
-    let bytes = text.as_bytes();
-    if !bytes.len().is_multiple_of(4) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-    for (at, quad) in bytes.chunks(4).enumerate() {
-        let last = at == bytes.len() / 4 - 1;
-        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return None;
-        }
-        let mut n = 0u32;
-        for (i, &c) in quad[..4 - pad].iter().enumerate() {
-            let v = B64.iter().position(|&a| a == c)? as u32;
-            n |= v << (18 - 6 * i);
-        }
-        let decoded = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&decoded[..3 - pad]);
-    }
-    Some(out)
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
 // ---- Envoy in front of etcd ------------------------------------------------------------------
