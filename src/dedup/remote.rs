@@ -303,13 +303,17 @@ impl EtcdStore {
             Pending::Grant { ttl, window } => match etcd::grant_answer(status, body) {
                 Ok(id) => {
                     let (ttl, window) = (*ttl, *window);
-                    let first = update_table(host, &self.table_key, |t| {
-                        let first = !t.leases.iter().any(|l| l.id != 0);
+                    // Every lifetime this store needs has its lease for the current window:
+                    // claims and completions can go to etcd.
+                    let ready =
+                        |t: &LeaseTable| self.ttls.iter().all(|&l| t.lease(l, etcd::window_of(now, l)).is_some());
+                    let became_ready = update_table(host, &self.table_key, |t| {
+                        let before = ready(t);
                         t.granted(ttl, window, id);
-                        first
+                        !before && ready(t)
                     });
-                    if first == Some(true) {
-                        // Once per proxy: from now on claims go to etcd.
+                    if became_ready == Some(true) {
+                        // Once per proxy (the worker whose grant completed the set).
                         host.log(
                             LogLevel::Info,
                             &format!("meshguard: dedup store etcd ({}) ready: leases granted", self.config.cluster),

@@ -500,3 +500,28 @@ fn a_completion_refused_by_a_member_gone_is_sent_again() {
     let (verdict, _, _) = deliver(&a, "e-16");
     assert_eq!(verdict, Verdict::Wait, "the store is still asked");
 }
+
+/// "ready" is said once every lease the store needs for the current window is there, not at the
+/// first grant: a claim before that would be skipped.
+#[test]
+fn ready_is_said_when_every_lease_of_the_window_is_granted() {
+    let mut etcd = FakeEtcd::default();
+    let proxy = ProxyRef::default();
+    proxy.lock().unwrap().clock = T0;
+    let mut host = FakeHost::worker(&proxy, 0);
+    let config = crate::config::parse(config("local").as_bytes()).unwrap();
+    let metrics = crate::filter::Metrics::define(&config, |_, stat| Some(host.define_metric(stat)));
+    let plugin = Plugin::for_workload(config, metrics, "test", "w");
+    plugin.on_tick(&mut host);
+    let grants = host.calls.clone();
+    assert_eq!(grants.len(), 4, "in-flight and ttl leases, this window and the next");
+    let said = |host: &FakeHost| host.logs().iter().filter(|(_, l)| l.contains("ready: leases granted")).count();
+    for (i, call) in grants.iter().enumerate() {
+        let (status, body) = etcd.answer(call);
+        assert!(plugin.on_root_answer(&mut host, i as u32 + 1, status, &body));
+        if i == 0 {
+            assert_eq!(said(&host), 0, "one lifetime's lease is not enough");
+        }
+    }
+    assert_eq!(said(&host), 1);
+}
